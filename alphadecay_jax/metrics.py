@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Mapping
 
@@ -49,7 +50,8 @@ class MetricsWriter:
     if tensorboard:
       import tensorboardX  # deferred: only the writing process needs it
       self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
-    if progress:
+    # A bar only on a terminal or notebook; logs (CI, SLURM, TPU workers) get plain lines.
+    if progress and (sys.stderr.isatty() or "ipykernel" in sys.modules):
       self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
                             dynamic_ncols=True, mininterval=1.0)
 
@@ -58,6 +60,10 @@ class MetricsWriter:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
+    if self._bar is None and "train/loss" in record:
+      rate = record.get("perf/tokens_per_second")
+      self.print(f"step {step}: loss {record['train/loss']:.4f}"
+                 + (f", {rate:,.0f} tokens/s" if rate else ""))
     self._jsonl.write(json.dumps(record) + "\n")
     if self._tb is not None:
       for key, value in record.items():
