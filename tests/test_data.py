@@ -84,6 +84,7 @@ def test_shakespeare_split_deterministic_and_disjoint():
 def test_char_tokenizer_round_trip(char_setup):
   _, tok = char_setup
   text = ''.join(data.shakespeare_plays().values())
+  assert isinstance(tok, tokenizers.Tokenizer)
   assert tok.vocab_size == len(set(text) | {'\n'}) == 80
   sample = data.shakespeare_plays()['macbeth'][:5000]
   ids = tok.encode(sample)
