@@ -183,10 +183,14 @@ class Transformer(nnx.Module):
                        cfg.init_std)
 
   def __call__(self, tokens_BT: Array) -> Array:
+    x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0)
+    return self.logits_from_embeddings(x_BTD)
+
+  def logits_from_embeddings(self, x_BTD: Array) -> Array:
+    """Everything after the embedding lookup (tests differentiate through this)."""
     cfg = self.cfg
-    positions_T = jnp.arange(tokens_BT.shape[1])
-    x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(cfg.dtype)
-    x_BTD = self.blocks(x_BTD, positions_T)
+    positions_T = jnp.arange(x_BTD.shape[1])
+    x_BTD = self.blocks(x_BTD.astype(cfg.dtype), positions_T)
     x_BTD = rms_norm(x_BTD, self.final_norm[...], cfg.norm_eps)
     return (x_BTD @ self.head[...].astype(cfg.dtype)).astype(jnp.float32)
 

@@ -18,8 +18,9 @@ LLAMA_SIZES = {
     "1b": (2048, 5461, 32, 24, 100_000),
 }
 T5_VOCAB_SIZE = 32_000
-# Public T5 vocabulary; any local copy works too (--config.data.sentencepiece_model=...).
-T5_SENTENCEPIECE_MODEL = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
+# The T5 vocabulary is published at gs://t5-data/vocabs/cc_all.32000/sentencepiece.model;
+# copy it locally and pass --config.data.sentencepiece_model=PATH (nothing is downloaded).
+T5_SENTENCEPIECE_MODEL = ""
 
 
 def llama_c4(config: ml_collections.ConfigDict, size: str) -> ml_collections.ConfigDict:

@@ -71,10 +71,14 @@ def data_parallel_size(mesh: Mesh) -> int:
 
 
 def logical_axes(state: nnx.State) -> dict:
-  """Pure-dict tree of each parameter's `logical_axes` annotation."""
-  return nnx.State(jax.tree.map(
-      lambda v: v.get_metadata()["logical_axes"], state,
-      is_leaf=lambda v: isinstance(v, nnx.Variable))).to_pure_dict()
+  """Pure-dict tree (same structure as the params) of each `logical_axes` annotation."""
+  tree: dict = {}
+  for path, variable in state.flat_state():
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = tuple(variable.get_metadata()["logical_axes"])
+  return tree
 
 
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,

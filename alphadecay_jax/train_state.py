@@ -41,7 +41,7 @@ class StateSpec(NamedTuple):
 
 def _init_params(model_cfg: model_lib.ModelConfig, rng: jax.Array) -> Any:
   model = model_lib.Transformer(model_cfg, rngs=nnx.Rngs(params=rng))
-  return nnx.split(model)[1].to_pure_dict()
+  return nnx.to_pure_dict(nnx.split(model)[1])
 
 
 def _init_state(model_cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,

@@ -1,9 +1,10 @@
 r"""LLaMA-135M on C4 (en) with the AlphaDecay paper's recipe (arXiv 2506.14562).
 
-Needs the C4 TFDS data (`tfds build c4/en` or --config.data.tfds_data_dir=gs://...) and
-the T5 SentencePiece model (--config.data.sentencepiece_model=PATH). On a pod:
+Needs C4 prepared for TFDS (`tfds build c4/en`, or a copy in DATA_DIR) and a local copy
+of the T5 SentencePiece model (gs://t5-data/vocabs/cc_all.32000/sentencepiece.model):
 
-  python -m alphadecay_jax.train --config configs/llama_135m.py --workdir gs://BUCKET/llama_135m
+  python -m alphadecay_jax.train --config configs/llama_135m.py --workdir WORKDIR \
+      --config.data.tfds_data_dir=DATA_DIR --config.data.sentencepiece_model=SPM_PATH
 """
 
 from alphadecay_jax import presets
