@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 import threading
 from typing import Any
 
 import grain
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
@@ -27,7 +29,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, save_every: int, keep: int = 3,
                async_save: bool = True):
-    self.save_every = save_every
+    self.directory, self.save_every = directory, save_every
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(directory, options=options)
@@ -62,11 +64,23 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state),
             data=grain.checkpoint.CheckpointRestore(data_iterator)))
       except Exception as err:  # any unreadable step: fall back to the one before it
-        log.warning("checkpoint step %d is unreadable (%s: %s); trying an older one",
-                    step, type(err).__name__, err)
+        log.warning("checkpoint step %d is unreadable (%s: %s); moving it aside and "
+                    "trying an older one", step, type(err).__name__, err)
+        self._set_aside(step)
         continue
       return restored.state, step
     return None
+
+  def _set_aside(self, step: int) -> None:
+    """Renames an unreadable step to `<step>.unreadable` (kept for inspection) so that
+    it neither shadows the steps the resumed run will write nor counts as the latest."""
+    path = epath.Path(self.directory) / str(step)
+    if jax.process_index() == 0 and path.exists():
+      path.rename(path.parent / f"{step}.unreadable-{int(time.time())}")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"set_aside_checkpoint_{step}")
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -73,7 +73,7 @@ def data_parallel_size(mesh: Mesh) -> int:
 def logical_axes(state: nnx.State) -> dict:
   """Pure-dict tree (same structure as the params) of each `logical_axes` annotation."""
   tree: dict = {}
-  for path, variable in state.flat_state():
+  for path, variable in nnx.to_flat_state(state):
     node = tree
     for key in path[:-1]:
       node = node.setdefault(key, {})

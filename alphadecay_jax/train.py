@@ -10,12 +10,13 @@ TensorBoard events. See README.md for multi-device and multi-host use.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -92,9 +93,23 @@ class _Averages:
     return out
 
 
+class RunResult(NamedTuple):
+  step: int                  # last completed step
+  eval_metrics: dict         # last evaluation ({} if none ran)
+  state: ts.TrainState       # final (sharded) train state
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, as `--config path` would load it."""
+  spec = importlib.util.spec_from_file_location("_alphadecay_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *,
-          stop_at: int | None = None) -> dict[str, Any]:
-  """Trains (or resumes) per `config` in `workdir`; returns the last eval metrics.
+          stop_at: int | None = None) -> RunResult:
+  """Trains (or resumes) per `config` in `workdir`.
 
   `stop_at` ends the run after that step with a checkpoint, as a preemption would
   (used by tests to split one run in two).
@@ -193,7 +208,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     ckpt.close()
     writer.close()
     preempted.restore_handlers()
-  return {"step": step, **last_eval}
+  return RunResult(step, last_eval, state)
 
 
 def default_run_config() -> ml_collections.ConfigDict:
@@ -227,9 +242,10 @@ def main(argv: list[str]) -> None:
   from absl import flags, logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
   config = flags.FLAGS.config
-  final = train(config, flags.FLAGS.workdir)
-  if jax.process_index() == 0 and "eval/loss" in final:
-    print(f"final step {final['step']}: validation loss {final['eval/loss']:.4f}, "
+  result = train(config, flags.FLAGS.workdir)
+  final = result.eval_metrics
+  if jax.process_index() == 0 and final:
+    print(f"final step {result.step}: validation loss {final['eval/loss']:.4f}, "
           f"perplexity {final['eval/perplexity']:.2f}, accuracy {final['eval/accuracy']:.4f}")
 
 

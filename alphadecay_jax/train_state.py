@@ -117,7 +117,7 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
                schedule: optax.Schedule) -> tuple[TrainState, dict]:
   """One optimizer update on a global batch; returns the new state and scalar metrics."""
   loss, accuracy, grads = _grads(graphdef, state.params, batch, accum_steps)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
