@@ -9,7 +9,8 @@ with depth. Kernels are (fan_in, fan_out) per layer, so a stacked kernel is
 [layers, fan_in, fan_out] and spectral code sees one matrix per layer.
 
 Every parameter is annotated with its logical axes in the `logical_axes` metadata
-(`sharding.py` maps them to mesh axes). We use our own metadata key rather than flax's
+(`sharding.py` maps them to mesh axes); activations are pinned to the batch sharding
+when traced under a mesh. We use our own metadata key rather than flax's
 `out_sharding` so that flax never shards eagerly behind our back: the trainer creates
 state already sharded with `jax.jit(..., out_shardings=...)`.
 """
@@ -22,6 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from alphadecay_jax import sharding as sharding_lib
 
 Array = jax.Array
 
@@ -137,7 +140,8 @@ class Blocks(nnx.Module):
     cfg = self.cfg
 
     def one_layer(x: Array, layer_state: Any) -> tuple[Array, None]:
-      return nnx.merge(graphdef, layer_state)._layer(x, positions_T), None
+      x = nnx.merge(graphdef, layer_state)._layer(x, positions_T)
+      return sharding_lib.constrain_batch(x), None
 
     if cfg.remat == "full":
       one_layer = jax.checkpoint(one_layer, prevent_cse=False)
@@ -154,20 +158,24 @@ class Blocks(nnx.Module):
     B, T, _ = x_BTD.shape
     N, K, H = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
 
-    h = rms_norm(x_BTD, self.attn_norm[...], cfg.norm_eps)
-    q_BTNH = (h @ self.attn_q[...].astype(dt)).reshape(B, T, N, H)
-    k_BTKH = (h @ self.attn_k[...].astype(dt)).reshape(B, T, K, H)
-    v_BTKH = (h @ self.attn_v[...].astype(dt)).reshape(B, T, K, H)
+    # Projections run on [B*T, D] rows: with 3-D activations XLA:CPU transposes their
+    # gradients through strided copies (~20% of a 10M-param step).
+    h_ND = rms_norm(x_BTD, self.attn_norm[...], cfg.norm_eps).reshape(B * T, -1)
+    q_BTNH = (h_ND @ self.attn_q[...].astype(dt)).reshape(B, T, N, H)
+    k_BTKH = (h_ND @ self.attn_k[...].astype(dt)).reshape(B, T, K, H)
+    v_BTKH = (h_ND @ self.attn_v[...].astype(dt)).reshape(B, T, K, H)
     q_BTNH = rope(q_BTNH, positions_T, cfg.rope_theta)
     k_BTKH = rope(k_BTKH, positions_T, cfg.rope_theta)
     # Handles grouped-query attention natively (N a multiple of K) with a 1/sqrt(H) scale.
     o_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True)
-    x_BTD = x_BTD + o_BTNH.reshape(B, T, N * H) @ self.attn_o[...].astype(dt)
+    attn_ND = o_BTNH.reshape(B * T, N * H) @ self.attn_o[...].astype(dt)
+    x_BTD = x_BTD + attn_ND.reshape(x_BTD.shape)
 
-    h = rms_norm(x_BTD, self.mlp_norm[...], cfg.norm_eps)
-    gate = h @ self.mlp_gate[...].astype(dt)
-    up = h @ self.mlp_up[...].astype(dt)
-    return x_BTD + (jax.nn.silu(gate) * up) @ self.mlp_down[...].astype(dt)
+    h_ND = rms_norm(x_BTD, self.mlp_norm[...], cfg.norm_eps).reshape(B * T, -1)
+    gate_NF = h_ND @ self.mlp_gate[...].astype(dt)
+    up_NF = h_ND @ self.mlp_up[...].astype(dt)
+    mlp_ND = (jax.nn.silu(gate_NF) * up_NF) @ self.mlp_down[...].astype(dt)
+    return x_BTD + mlp_ND.reshape(x_BTD.shape)
 
 
 class Transformer(nnx.Module):
@@ -190,9 +198,11 @@ class Transformer(nnx.Module):
     """Everything after the embedding lookup (tests differentiate through this)."""
     cfg = self.cfg
     positions_T = jnp.arange(x_BTD.shape[1])
-    x_BTD = self.blocks(x_BTD.astype(cfg.dtype), positions_T)
+    x_BTD = sharding_lib.constrain_batch(x_BTD.astype(cfg.dtype))
+    x_BTD = self.blocks(x_BTD, positions_T)
     x_BTD = rms_norm(x_BTD, self.final_norm[...], cfg.norm_eps)
-    return (x_BTD @ self.head[...].astype(cfg.dtype)).astype(jnp.float32)
+    logits_BTV = (x_BTD @ self.head[...].astype(cfg.dtype)).astype(jnp.float32)
+    return sharding_lib.constrain_batch(logits_BTV)
 
 
 def param_count(cfg: ModelConfig) -> dict[str, int]:

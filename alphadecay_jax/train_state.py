@@ -9,6 +9,7 @@ counted.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -81,6 +82,11 @@ def create_state(spec: StateSpec, model_cfg: model_lib.ModelConfig,
   return init(jnp.asarray(seed, jnp.int32))
 
 
+def _tracing_mesh(mesh: Mesh | None) -> contextlib.AbstractContextManager:
+  return (jax.sharding.use_abstract_mesh(mesh.abstract_mesh) if mesh is not None
+          else contextlib.nullcontext())
+
+
 def _loss_fn(graphdef: nnx.GraphDef, params: Any, batch: dict) -> tuple[jax.Array, tuple]:
   logits = nnx.merge(graphdef, params)(batch["inputs"])
   loss, correct, count = model_lib.loss_and_accuracy(logits, batch["targets"])
@@ -114,9 +120,15 @@ def _grads(graphdef: nnx.GraphDef, params: Any, batch: dict,
 
 def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, accum_steps: int,
-               schedule: optax.Schedule) -> tuple[TrainState, dict]:
-  """One optimizer update on a global batch; returns the new state and scalar metrics."""
-  loss, accuracy, grads = _grads(graphdef, state.params, batch, accum_steps)
+               schedule: optax.Schedule, mesh: Mesh | None = None
+               ) -> tuple[TrainState, dict]:
+  """One optimizer update on a global batch; returns the new state and scalar metrics.
+
+  With `mesh`, the forward pass is traced under it so activations keep the batch
+  sharding (see `sharding.constrain_batch`).
+  """
+  with _tracing_mesh(mesh):
+    loss, accuracy, grads = _grads(graphdef, state.params, batch, accum_steps)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -141,22 +153,24 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
 def jit_train_step(spec: StateSpec, tx: optax.GradientTransformation, mesh: Mesh,
                    accum_steps: int, schedule: optax.Schedule) -> Callable:
   step = functools.partial(train_step, graphdef=spec.graphdef, tx=tx,
-                           accum_steps=accum_steps, schedule=schedule)
+                           accum_steps=accum_steps, schedule=schedule, mesh=mesh)
   batch_sh = sharding_lib.batch_sharding(mesh)
   return jax.jit(step, in_shardings=(spec.shardings, batch_sh),
                  out_shardings=(spec.shardings, sharding_lib.replicated(mesh)),
                  donate_argnums=0)
 
 
-def eval_step(params: Any, batch: dict, *, graphdef: nnx.GraphDef) -> dict:
+def eval_step(params: Any, batch: dict, *, graphdef: nnx.GraphDef,
+              mesh: Mesh | None = None) -> dict:
   """Summed loss, correct tokens and token count (summed over batches on the host)."""
-  logits = nnx.merge(graphdef, params)(batch["inputs"])
+  with _tracing_mesh(mesh):
+    logits = nnx.merge(graphdef, params)(batch["inputs"])
   loss, correct, count = model_lib.loss_and_accuracy(logits, batch["targets"])
   return {"loss_sum": loss * count, "correct": correct, "count": count}
 
 
 def jit_eval_step(spec: StateSpec, mesh: Mesh) -> Callable:
-  return jax.jit(functools.partial(eval_step, graphdef=spec.graphdef),
+  return jax.jit(functools.partial(eval_step, graphdef=spec.graphdef, mesh=mesh),
                  in_shardings=(spec.shardings.params, sharding_lib.batch_sharding(mesh)),
                  out_shardings=sharding_lib.replicated(mesh))
 
