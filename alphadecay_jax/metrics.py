@@ -67,8 +67,14 @@ class MetricsWriter:
     self._jsonl.write(json.dumps(record) + "\n")
     if self._tb is not None:
       for key, value in record.items():
-        if key != "step" and isinstance(value, (int, float)):
-          self._tb.add_scalar(key, value, int(step))
+        if key == "step":
+          continue
+        flat = np.ravel(value)  # arrays (per-layer statistics) become key/0, key/1, ...
+        if flat.size == 1:
+          self._tb.add_scalar(key, float(flat[0]), int(step))
+        else:
+          for i, v in enumerate(flat):
+            self._tb.add_scalar(f"{key}/{i}", float(v), int(step))
 
   def progress(self, step: int, postfix: Mapping[str, float]) -> None:
     if self._bar is not None:

@@ -1,12 +1,13 @@
 """The one place that turns `config.optimizer` into an optax chain.
 
-Every chain is: global-norm clipping -> the named optimizer -> learning-rate schedule.
-Names so far:
+Every chain is: global-norm clipping -> the named optimizer (which applies the
+learning-rate schedule). Each name maps to a builder in `BUILDERS`; a technique adds
+its builder and, if it has settings, a sub-block of `default_optimizer_config()`.
   adamw    decoupled weight decay (Loshchilov & Hutter, arXiv 1711.05101), optax.adamw
            semantics: u = -lr_t * (adam(g) + wd * w).
   adam_l2  coupled L2 decay as in the AlphaDecay paper's main table (arXiv 2506.14562):
            g <- g + wd * w before the Adam moments.
-Both decay only matrices: norms are spared, embeddings too unless
+Decay touches only matrices: norms are spared, embeddings too unless
 `optimizer.decay_embeddings` is set.
 """
 
@@ -18,7 +19,6 @@ import jax
 import ml_collections
 import optax
 
-OPTIMIZERS = ("adamw", "adam_l2")
 SCHEDULES = ("cosine", "constant")
 
 
@@ -40,8 +40,8 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
 
 def validate_optimizer_config(opt: Any, total_steps: int) -> None:
   """Raises ValueError naming the key, value and what is allowed."""
-  if opt.name not in OPTIMIZERS:
-    raise ValueError(f"optimizer.name={opt.name!r} is not one of {OPTIMIZERS}")
+  if opt.name not in BUILDERS:
+    raise ValueError(f"optimizer.name={opt.name!r} is not one of {tuple(BUILDERS)}")
   if opt.schedule not in SCHEDULES:
     raise ValueError(f"optimizer.schedule={opt.schedule!r} is not one of {SCHEDULES}")
   if not opt.learning_rate > 0:
@@ -78,17 +78,53 @@ def decay_mask(decay_embeddings: bool) -> Callable[[Any], Any]:
   return mask
 
 
+Builder = Callable[[Any, optax.Schedule], optax.GradientTransformation]
+
+
+def _adamw(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
+      optax.add_decayed_weights(opt.weight_decay, mask=decay_mask(opt.decay_embeddings)),
+      optax.scale_by_learning_rate(schedule))
+
+
+def _adam_l2(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.add_decayed_weights(opt.weight_decay, mask=decay_mask(opt.decay_embeddings)),
+      optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
+      optax.scale_by_learning_rate(schedule))
+
+
+BUILDERS: dict[str, Builder] = {
+    "adamw": _adamw,
+    "adam_l2": _adam_l2,
+}
+
+
 def build_optimizer(opt: Any, total_steps: int) -> optax.GradientTransformation:
-  """Config -> optax chain (validated first)."""
+  """Config -> optax chain (validated first): clipping, then the named optimizer."""
   validate_optimizer_config(opt, total_steps)
-  schedule = make_schedule(opt, total_steps)
-  mask = decay_mask(opt.decay_embeddings)
-  adam = optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps)
-  decay = optax.add_decayed_weights(opt.weight_decay, mask=mask)
-  parts = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm else []
-  if opt.name == "adamw":
-    parts += [adam, decay]
-  elif opt.name == "adam_l2":
-    parts += [decay, adam]
-  parts.append(optax.scale_by_learning_rate(schedule))
-  return optax.chain(*parts)
+  tx = BUILDERS[opt.name](opt, make_schedule(opt, total_steps))
+  if opt.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  return tx
+
+
+def state_metrics(opt_state: Any) -> dict[str, Any]:
+  """Metrics that transforms expose from their state, for logging.
+
+  Any state node with a `log_metrics()` method (e.g. a NamedTuple state of one of our
+  transforms) contributes its dict; found anywhere in the (chained, masked...) state.
+  """
+  out: dict[str, Any] = {}
+  has = lambda x: callable(getattr(x, "log_metrics", None))
+  for node in jax.tree.leaves(opt_state, is_leaf=has):
+    if has(node):
+      out.update(node.log_metrics())
+  return out
+
+
+def state_bytes(opt_state: Any) -> int:
+  """Bytes held by an optimizer state (works on abstract ShapeDtypeStructs too)."""
+  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(opt_state)
+                 if hasattr(x, "dtype")))

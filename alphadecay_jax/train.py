@@ -77,19 +77,24 @@ def model_config(config: ml_collections.ConfigDict,
 
 
 class _Averages:
-  """Host-side running means of the per-step scalars between two log steps."""
+  """Host-side means of the per-step scalars between two log steps; arrays (e.g.
+  per-module statistics from optimizer states) keep their latest value."""
 
   def __init__(self):
-    self.sums, self.n = {}, 0
+    self.sums, self.latest, self.n = {}, {}, 0
 
   def add(self, metrics: dict) -> None:
     for k, v in metrics.items():
-      self.sums[k] = self.sums.get(k, 0.0) + float(v)
+      if np.ndim(v) == 0:
+        self.sums[k] = self.sums.get(k, 0.0) + float(v)
+      else:
+        self.latest[k] = np.asarray(v)
     self.n += 1
 
   def pop(self) -> dict:
     out = {k: v / self.n for k, v in self.sums.items()} if self.n else {}
-    self.sums, self.n = {}, 0
+    out.update(self.latest)
+    self.sums, self.latest, self.n = {}, {}, 0
     return out
 
 
@@ -148,9 +153,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   throughput = metrics_lib.Throughput(
       tokens_per_step, tokens_per_step * metrics_lib.flops_per_token(model_cfg, config.seq_len),
       config.peak_tflops_per_device * 1e12, jax.device_count())
+  opt_bytes = optimizers.state_bytes(spec.abstract.opt_state)
   writer.print(f"{'resumed at' if start else 'starting'} step {start}/{config.steps}; "
                f"params {counts['total']:,} (non-embedding {counts['non_embedding']:,}); "
+               f"optimizer {config.optimizer.name} state {opt_bytes / 2**20:,.2f} MiB; "
                f"mesh {dict(mesh.shape)}; vocab {model_cfg.vocab_size}")
+  writer.write(start, {"params": counts["total"], "optimizer_state_bytes": opt_bytes})
 
   step_fn = ts.jit_train_step(spec, tx, mesh, config.grad_accum_steps, schedule)
   eval_fn = ts.jit_eval_step(spec, mesh)

@@ -20,6 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from alphadecay_jax import model as model_lib
+from alphadecay_jax import optimizers
 from alphadecay_jax import sharding as sharding_lib
 
 
@@ -146,7 +147,8 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
   metrics = {"train/loss": loss, "train/accuracy": accuracy, "train/grad_norm": grad_norm,
              "train/learning_rate": schedule(state.step),
              "train/update_skipped": (~finite).astype(jnp.int32),
-             "nonfinite_in_a_row": in_a_row}
+             "nonfinite_in_a_row": in_a_row,
+             **optimizers.state_metrics(new_state.opt_state)}
   return new_state, metrics
 
 
