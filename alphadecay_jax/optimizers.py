@@ -7,6 +7,9 @@ its builder and, if it has settings, a sub-block of `default_optimizer_config()`
            semantics: u = -lr_t * (adam(g) + wd * w).
   adam_l2  coupled L2 decay as in the AlphaDecay paper's main table (arXiv 2506.14562):
            g <- g + wd * w before the Adam moments.
+  sinkgd   SinkGD (arXiv 2502.06742): stateless row/column l2 normalisation of hidden
+           matrices, AdamW for the rest; `optimizer.sinkgd` (transforms/multinorm.py).
+  swan     SWAN-style: row standardisation + Newton-Schulz whitening; `optimizer.swan`.
 Decay touches only matrices: norms are spared, embeddings too unless
 `optimizer.decay_embeddings` is set.
 """
@@ -18,6 +21,8 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import optax
+
+from alphadecay_jax.transforms import multinorm
 
 SCHEDULES = ("cosine", "constant")
 
@@ -35,6 +40,11 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
       weight_decay=0.0,
       decay_embeddings=False,
       grad_clip_norm=1.0,      # 0 disables clipping
+      # Hidden matrices step at lr_t * matrix_lr_scale, the rest (AdamW) at
+      # lr_t * adam_lr_scale; eps floors norms relative to the matrix RMS.
+      sinkgd=dict(num_iters=5, matrix_lr_scale=1.0, adam_lr_scale=1.0, eps=1e-8),
+      swan=dict(num_iters=1, ns_steps=5, matrix_lr_scale=1.0, adam_lr_scale=1.0,
+                eps=1e-8),
   ))
 
 
@@ -56,6 +66,8 @@ def validate_optimizer_config(opt: Any, total_steps: int) -> None:
   if opt.grad_clip_norm < 0:
     raise ValueError(f"optimizer.grad_clip_norm={opt.grad_clip_norm} must be >= 0 "
                      "(0 disables clipping)")
+  if opt.name in MULTINORM_NAMES:
+    _multinorm_block(opt, opt.name)
 
 
 def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
@@ -95,9 +107,41 @@ def _adam_l2(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation
       optax.scale_by_learning_rate(schedule))
 
 
+MULTINORM_NAMES = ("sinkgd", "swan")
+
+
+def _multinorm_block(opt: Any, name: str) -> Any:
+  """`optimizer.<name>` for sinkgd / swan, validated (errors name the key)."""
+  block = opt[name]
+  for key in ("num_iters", "ns_steps") if name == "swan" else ("num_iters",):
+    if isinstance(block[key], bool) or not isinstance(block[key], int) or block[key] < 1:
+      raise ValueError(f"optimizer.{name}.{key}={block[key]!r} must be an integer >= 1")
+  for key in ("matrix_lr_scale", "adam_lr_scale", "eps"):
+    if not block[key] > 0:
+      raise ValueError(f"optimizer.{name}.{key}={block[key]!r} must be > 0")
+  return block
+
+
+def _multinorm(name: str) -> Builder:
+  """Normalised updates for hidden matrices at lr_t * matrix_lr_scale; AdamW (with
+  this config's b1, b2, eps, decay mask) for the rest at lr_t * adam_lr_scale."""
+  def build(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+    block = _multinorm_block(opt, name)
+    extra = dict(ns_steps=block.ns_steps) if name == "swan" else {}
+    matrix_scale, adam_scale = block.matrix_lr_scale, block.adam_lr_scale
+    return getattr(multinorm, name)(
+        lambda t: schedule(t) * matrix_scale, num_iters=block.num_iters, eps=block.eps,
+        adam_learning_rate=lambda t: schedule(t) * adam_scale,
+        weight_decay=opt.weight_decay, b1=opt.b1, b2=opt.b2, adam_eps=opt.eps,
+        adam_decay_mask=decay_mask(opt.decay_embeddings), **extra)
+  return build
+
+
 BUILDERS: dict[str, Builder] = {
     "adamw": _adamw,
     "adam_l2": _adam_l2,
+    "sinkgd": _multinorm("sinkgd"),
+    "swan": _multinorm("swan"),
 }
 
 
