@@ -24,6 +24,7 @@ import numpy as np
 
 from alphadecay_jax import checkpoint as checkpoint_lib
 from alphadecay_jax import data as data_lib
+from alphadecay_jax import distributed
 from alphadecay_jax import metrics as metrics_lib
 from alphadecay_jax import model as model_lib
 from alphadecay_jax import optimizers
@@ -249,6 +250,7 @@ def main(argv: list[str]) -> None:
   del argv
   from absl import flags, logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
+  distributed.initialize()  # before any device use; a no-op for a single process
   config = flags.FLAGS.config
   result = train(config, flags.FLAGS.workdir)
   final = result.eval_metrics
