@@ -10,6 +10,13 @@ its builder and, if it has settings, a sub-block of `default_optimizer_config()`
   sinkgd   SinkGD (arXiv 2502.06742): stateless row/column l2 normalisation of hidden
            matrices, AdamW for the rest; `optimizer.sinkgd` (transforms/multinorm.py).
   swan     SWAN-style: row standardisation + Newton-Schulz whitening; `optimizer.swan`.
+  lightsam LightSAM (arXiv 2505.24399): adaptive perturbation + adaptive descent,
+           `optimizer.sam.variant` adagrad_norm | adagrad | adam (transforms/sam.py).
+  sam/asam SAM (arXiv 2010.01412) / ASAM (arXiv 2102.11600) perturbation around the
+           descent optimizer named by `optimizer.sam.base`.
+  Any other name + `optimizer.sam.perturbation.kind` (lightsam | sam | asam) wraps that
+  optimizer in the perturbation. With SAM, clipping applies to the gradient the descent
+  consumes (the one at the perturbed point), as it does without SAM.
 Decay touches only matrices: norms are spared, embeddings too unless
 `optimizer.decay_embeddings` is set.
 """
@@ -23,8 +30,11 @@ import ml_collections
 import optax
 
 from alphadecay_jax.transforms import multinorm
+from alphadecay_jax.transforms import sam as sam_lib
 
 SCHEDULES = ("cosine", "constant")
+SAM_NAMES = ("lightsam", "sam", "asam")
+PERTURBATIONS = ("none", "lightsam", "sam", "asam")
 
 
 def default_optimizer_config() -> ml_collections.ConfigDict:
@@ -45,6 +55,14 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
       sinkgd=dict(num_iters=5, matrix_lr_scale=1.0, adam_lr_scale=1.0, eps=1e-8),
       swan=dict(num_iters=1, ns_steps=5, matrix_lr_scale=1.0, adam_lr_scale=1.0,
                 eps=1e-8),
+      sam=dict(
+          rho=0.05,                # radius for name=lightsam|sam|asam
+          variant="adagrad_norm",  # LightSAM accumulators: adagrad_norm|adagrad|adam
+          base="adamw",            # descent optimizer for name=sam|asam
+          asam_eta=0.01,           # ASAM's T = |w| + asam_eta
+          # Wraps any other optimizer name: kind none|lightsam|sam|asam.
+          perturbation=dict(kind="none", rho=0.05, variant="adagrad_norm"),
+      ),
   ))
 
 
@@ -68,6 +86,27 @@ def validate_optimizer_config(opt: Any, total_steps: int) -> None:
                      "(0 disables clipping)")
   if opt.name in MULTINORM_NAMES:
     _multinorm_block(opt, opt.name)
+  _validate_sam(opt)
+
+
+def _validate_sam(opt: Any) -> None:
+  sam, pert = opt.sam, opt.sam.perturbation
+  for key, value in (("sam.rho", sam.rho), ("sam.perturbation.rho", pert.rho),
+                     ("sam.asam_eta", sam.asam_eta)):
+    if not value >= 0:
+      raise ValueError(f"optimizer.{key}={value!r} must be >= 0")
+  for key, value in (("sam.variant", sam.variant), ("sam.perturbation.variant", pert.variant)):
+    if value not in sam_lib.VARIANTS:
+      raise ValueError(f"optimizer.{key}={value!r} is not one of {sam_lib.VARIANTS}")
+  bases = tuple(n for n in BUILDERS if n not in SAM_NAMES)
+  if opt.name in ("sam", "asam") and sam.base not in bases:
+    raise ValueError(f"optimizer.sam.base={sam.base!r} is not one of {bases}")
+  if pert.kind not in PERTURBATIONS:
+    raise ValueError(f"optimizer.sam.perturbation.kind={pert.kind!r} is not one of "
+                     f"{PERTURBATIONS}")
+  if pert.kind != "none" and opt.name in SAM_NAMES:
+    raise ValueError(f"optimizer.sam.perturbation.kind={pert.kind!r} needs a non-SAM "
+                     f"optimizer.name, not {opt.name!r} (allowed: {bases})")
 
 
 def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
@@ -137,11 +176,43 @@ def _multinorm(name: str) -> Builder:
   return build
 
 
+def _clipped(opt: Any, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  if not opt.grad_clip_norm:
+    return tx
+  return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+
+
+def _perturbation(kind: str, rho: float, variant: str, opt: Any
+                  ) -> optax.GradientTransformation:
+  if kind == "lightsam":
+    return sam_lib.adaptive_perturbation(rho, variant, b2=opt.b2, eps=opt.eps)
+  if kind == "sam":
+    return sam_lib.sam(rho)
+  return sam_lib.asam(rho, eta=opt.sam.asam_eta)
+
+
+# The SAM builders clip inside (the descent gradient); build_optimizer adds no clipping.
+def _lightsam(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  descent = sam_lib.adaptive_descent(schedule, opt.sam.variant, opt.b1, opt.b2, opt.eps)
+  return sam_lib.sam_wrap(_clipped(opt, descent),
+                          _perturbation("lightsam", opt.sam.rho, opt.sam.variant, opt))
+
+
+def _sam_around_base(kind: str) -> Builder:
+  def build(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+    base = _clipped(opt, BUILDERS[opt.sam.base](opt, schedule))
+    return sam_lib.sam_wrap(base, _perturbation(kind, opt.sam.rho, opt.sam.variant, opt))
+  return build
+
+
 BUILDERS: dict[str, Builder] = {
     "adamw": _adamw,
     "adam_l2": _adam_l2,
     "sinkgd": _multinorm("sinkgd"),
     "swan": _multinorm("swan"),
+    "lightsam": _lightsam,
+    "sam": _sam_around_base("sam"),
+    "asam": _sam_around_base("asam"),
 }
 
 
@@ -149,8 +220,12 @@ def build_optimizer(opt: Any, total_steps: int) -> optax.GradientTransformation:
   """Config -> optax chain (validated first): clipping, then the named optimizer."""
   validate_optimizer_config(opt, total_steps)
   tx = BUILDERS[opt.name](opt, make_schedule(opt, total_steps))
-  if opt.grad_clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  if opt.name in SAM_NAMES:
+    return tx
+  tx = _clipped(opt, tx)
+  pert = opt.sam.perturbation
+  if pert.kind != "none":
+    tx = sam_lib.sam_wrap(tx, _perturbation(pert.kind, pert.rho, pert.variant, opt))
   return tx
 
 

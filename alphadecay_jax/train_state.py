@@ -2,7 +2,9 @@
 
 One `jax.jit` train step with explicit in/out shardings and a donated state:
 gradients (optionally accumulated over micro-batches with `lax.scan`) -> the optax
-chain -> new params, guarded so that a non-finite loss or gradient skips the update
+chain (extra-args transforms such as SAM also get `grad_fn`, the gradient of the same
+batch at other params) -> new params, guarded so that a non-finite loss, gradient or
+update skips the update
 (the step counter still advances, so data order and schedule stay aligned) and is
 counted.
 """
@@ -128,13 +130,24 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
   With `mesh`, the forward pass is traced under it so activations keep the batch
   sharding (see `sharding.constrain_batch`).
   """
-  with _tracing_mesh(mesh):
+  def grad_fn(params: Any, *_: Any) -> Any:
+    """Gradients of the same batch (same micro-batches) at other params, for SAM-style
+    transforms; traced only if one calls it. Extra arguments are ignored (optax.contrib.sam)."""
+    return _grads(graphdef, params, batch, accum_steps)[2]
+
+  with _tracing_mesh(mesh):  # grad_fn runs inside tx.update: keep activation shardings
     loss, accuracy, grads = _grads(graphdef, state.params, batch, accum_steps)
-  grad_norm = optax.tree.norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    grad_norm = optax.tree.norm(grads)
+    if isinstance(tx, optax.GradientTransformationExtraArgs):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
+    else:
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # The update norm catches what the first gradient cannot: a non-finite second
+  # gradient or perturbation inside a SAM transform.
+  update_norm = optax.tree.norm(updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   in_a_row = jnp.where(finite, 0, state.nonfinite_in_a_row + 1)
   new_state = TrainState(
@@ -145,6 +158,7 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
       nonfinite_in_a_row=in_a_row,
       nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
   metrics = {"train/loss": loss, "train/accuracy": accuracy, "train/grad_norm": grad_norm,
+             "train/update_norm": update_norm,
              "train/learning_rate": schedule(state.step),
              "train/update_skipped": (~finite).astype(jnp.int32),
              "nonfinite_in_a_row": in_a_row,
