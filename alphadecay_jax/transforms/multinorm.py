@@ -160,9 +160,12 @@ def scale_by_multi_normalization(normalizers: Sequence[Normalizer] = (row_l2, co
 
 
 def _default_adam_decay_mask(params: Any) -> Any:
-  """Decay matrices other than the embedding (the head); never norms or biases."""
+  """Decay matrices other than the embedding (the head); never norms or biases.
+
+  By role, not only ndim: scanned norm scales are [layers, d], 2-D but not matrices.
+  """
   return jax.tree_util.tree_map_with_path(
-      lambda p, x: x.ndim >= 2 and labels.role_of(p) != "embed", params)
+      lambda p, x: x.ndim >= 2 and labels.role_of(p) not in ("embed", "norm"), params)
 
 
 def with_adamw_for_the_rest(matrix_tx: optax.GradientTransformation,
