@@ -42,14 +42,25 @@ ScalarOrSchedule = float | jax.Array | optax.Schedule
 VARIANTS = ("adagrad_norm", "adagrad", "adam")
 
 
+def _acc_dtype(tree: Any) -> jnp.dtype:
+  """Accumulators are at least float32 (never bf16), float64 for float64 params."""
+  return jnp.result_type(jnp.float32, *[x.dtype for x in jax.tree.leaves(tree)])
+
+
 def _sq_norm(tree: Any) -> jax.Array:
-  """Squared global l2 norm in float32 (accumulators must not be bf16)."""
-  return sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)),
-             jnp.zeros((), jnp.float32))
+  """Squared global l2 norm in the accumulator dtype."""
+  dtype = _acc_dtype(tree)
+  return sum((jnp.sum(jnp.square(x.astype(dtype))) for x in jax.tree.leaves(tree)),
+             jnp.zeros((), dtype))
+
+
+def _full_like(params: Any, fill: float) -> Any:
+  return jax.tree.map(lambda p: jnp.full(p.shape, fill, jnp.promote_types(p.dtype, jnp.float32)),
+                      params)
 
 
 def _value(x: ScalarOrSchedule, count: jax.Array) -> jax.Array:
-  return x(count) if callable(x) else jnp.asarray(x, jnp.float32)
+  return x(count) if callable(x) else x  # a Python float stays weakly typed
 
 
 def _check_variant(variant: str) -> None:
@@ -70,10 +81,9 @@ def adaptive_perturbation(rho: ScalarOrSchedule, variant: str = "adagrad_norm",
 
   def init(params: Any) -> AdaptivePerturbationState:
     if variant == "adagrad_norm":
-      acc = jnp.full((), eps ** 2, jnp.float32)
+      acc = jnp.full((), eps ** 2, _acc_dtype(params))
     else:  # adagrad starts at eps^2 per coordinate; Adam's EMA at 0
-      fill = eps ** 2 if variant == "adagrad" else 0.0
-      acc = jax.tree.map(lambda p: jnp.full(p.shape, fill, jnp.float32), params)
+      acc = _full_like(params, eps ** 2 if variant == "adagrad" else 0.0)
     return AdaptivePerturbationState(jnp.zeros((), jnp.int32), acc)
 
   def update(grads: Any, state: AdaptivePerturbationState, params: Any = None
@@ -82,16 +92,16 @@ def adaptive_perturbation(rho: ScalarOrSchedule, variant: str = "adagrad_norm",
     rho_t = _value(rho, state.count)
     count = state.count + 1
     if variant == "adagrad_norm":
-      acc = state.acc + _sq_norm(grads)
+      acc = (state.acc + _sq_norm(grads)).astype(state.acc.dtype)
       scale = rho_t / jnp.sqrt(acc)
       offset = jax.tree.map(lambda s: (scale * s).astype(s.dtype), grads)
     elif variant == "adagrad":
-      acc = jax.tree.map(lambda a, s: a + jnp.square(s.astype(jnp.float32)), state.acc, grads)
+      acc = jax.tree.map(lambda a, s: a + jnp.square(s.astype(a.dtype)), state.acc, grads)
       offset = jax.tree.map(lambda a, s: (rho_t * s / jnp.sqrt(a)).astype(s.dtype), acc, grads)
     else:
-      acc = jax.tree.map(lambda n, s: b2 * n + (1 - b2) * jnp.square(s.astype(jnp.float32)),
+      acc = jax.tree.map(lambda n, s: b2 * n + (1 - b2) * jnp.square(s.astype(n.dtype)),
                          state.acc, grads)
-      correction = 1 - b2 ** count.astype(jnp.float32)
+      correction = 1 - b2 ** count.astype(_acc_dtype(acc))  # float32 here loses ~1e-5
       offset = jax.tree.map(
           lambda n, s: (rho_t * s / (jnp.sqrt(n / correction) + eps)).astype(s.dtype), acc, grads)
     return offset, AdaptivePerturbationState(count, acc)
@@ -120,7 +130,8 @@ def asam(rho: ScalarOrSchedule, eta: float = 0.01, eps: float = 1e-12
   def update(grads: Any, state: CountState, params: Any = None) -> tuple[Any, CountState]:
     if params is None:
       raise ValueError("asam needs params (T = |theta| + eta)")
-    t = jax.tree.map(lambda p: jnp.abs(p.astype(jnp.float32)) + eta, params)
+    t = jax.tree.map(lambda p: jnp.abs(p.astype(jnp.promote_types(p.dtype, jnp.float32))) + eta,
+                     params)
     ts = jax.tree.map(lambda a, s: a * s, t, grads)
     scale = _value(rho, state.count) / jnp.maximum(jnp.sqrt(_sq_norm(ts)), eps)
     offset = jax.tree.map(lambda a, x, s: (scale * a * x).astype(s.dtype), t, ts, grads)
@@ -155,19 +166,18 @@ def adaptive_descent(learning_rate: ScalarOrSchedule, variant: str = "adagrad_no
   def init(params: Any) -> AdaGradNormState | AdaGradState:
     zero = jnp.zeros((), jnp.int32)
     if norm:
-      return AdaGradNormState(zero, jnp.full((), eps ** 2, jnp.float32))
-    return AdaGradState(zero, jax.tree.map(lambda p: jnp.full(p.shape, eps ** 2, jnp.float32),
-                                           params))
+      return AdaGradNormState(zero, jnp.full((), eps ** 2, _acc_dtype(params)))
+    return AdaGradState(zero, _full_like(params, eps ** 2))
 
   def update(grads: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
     del params
     lr = _value(learning_rate, state.count)
     if norm:
-      acc = state.acc + _sq_norm(grads)
+      acc = (state.acc + _sq_norm(grads)).astype(state.acc.dtype)
       scale = -lr / jnp.sqrt(acc)
       updates = jax.tree.map(lambda g: (scale * g).astype(g.dtype), grads)
       return updates, AdaGradNormState(state.count + 1, acc)
-    acc = jax.tree.map(lambda a, g: a + jnp.square(g.astype(jnp.float32)), state.acc, grads)
+    acc = jax.tree.map(lambda a, g: a + jnp.square(g.astype(a.dtype)), state.acc, grads)
     updates = jax.tree.map(lambda a, g: (-lr * g / jnp.sqrt(a)).astype(g.dtype), acc, grads)
     return updates, AdaGradState(state.count + 1, acc)
 
@@ -205,7 +215,7 @@ def sam_wrap(base_tx: optax.GradientTransformation,
   base_tx = optax.with_extra_args_support(base_tx)
 
   def init(params: Any) -> SAMState:
-    zero = jnp.zeros((), jnp.float32)
+    zero = jnp.zeros((), _acc_dtype(params))
     return SAMState(perturbation.init(params), base_tx.init(params), zero, zero, zero)
 
   def update(grads: Any, state: SAMState, params: Any = None, *,
@@ -217,10 +227,13 @@ def sam_wrap(base_tx: optax.GradientTransformation,
     perturbed = jax.tree.map(lambda p, e: p + e.astype(p.dtype), params, offset)
     second = grad_fn(perturbed)
     updates, b_state = base_tx.update(second, state.base, params, **extra_args)
-    g_norm = jnp.sqrt(_sq_norm(second))
+    dtype = state.radius.dtype
+    g_norm = jnp.sqrt(_sq_norm(second)).astype(dtype)
     # max(., tiny): a zero gradient gives step size 0, not 0/0.
-    step_size = jnp.sqrt(_sq_norm(updates)) / jnp.maximum(g_norm, jnp.finfo(jnp.float32).tiny)
-    return updates, SAMState(p_state, b_state, jnp.sqrt(_sq_norm(offset)), step_size, g_norm)
+    step_size = (jnp.sqrt(_sq_norm(updates)) / jnp.maximum(g_norm, jnp.finfo(dtype).tiny)
+                 ).astype(dtype)
+    radius = jnp.sqrt(_sq_norm(offset)).astype(dtype)
+    return updates, SAMState(p_state, b_state, radius, step_size, g_norm)
 
   return optax.GradientTransformationExtraArgs(init, update)
 
