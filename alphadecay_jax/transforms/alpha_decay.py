@@ -110,6 +110,9 @@ def add_alpha_decayed_weights(
     measure_roles: roles whose ESD is computed (and logged) at each refresh.
     view_fn: custom `labels` matrix views for parameters not laid out as
       [..., fan_in, fan_out].
+
+  Under `optax.inject_hyperparams`, declare callables that are not schedules static:
+  `inject_hyperparams(add_alpha_decayed_weights, static_args=("mask", "tuned_mask"))`.
   """
   if not isinstance(refresh_every, (int, np.integer, jax.Array)) or (
       isinstance(refresh_every, (int, np.integer)) and refresh_every < 1):
