@@ -196,7 +196,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
               curve[record["step"]] = record["eval/loss"]
       runs[opt][seed] = curve
       _common.log(f"[quality] seed {seed} {opt}: final eval loss "
-                  f"{curve[max(curve)]:.4f} ({seconds:.0f}s)")
+                  f"{curve[max(curve)]:.4f} ({seconds:.0f}s); curve {json.dumps(curve)}")
   per_seed = []
   for seed in range(args.seeds):
     adamw, sink = runs["adamw"][seed], runs["sinkgd"][seed]
