@@ -106,11 +106,12 @@ class RunResult(NamedTuple):
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file, as `--config path` would load it."""
+  """`get_config()` of a config file, as `--config path[:arg]` would load it."""
+  path, _, arg = path.partition(":")
   spec = importlib.util.spec_from_file_location("_alphadecay_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
