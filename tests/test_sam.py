@@ -292,3 +292,11 @@ print(json.dumps(out))
       np.testing.assert_allclose(out[name][key], out["one"][key], rtol=1e-5, atol=1e-6)
     for x, y in zip(out[name]["params"], out["one"]["params"], strict=True):
       np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_composes_with_inject_hyperparams_and_chain():
+  plain = _run(sam_lib.lightsam(0.5, 0.3), 3, dtype=jnp.float32)[-1][0]
+  injected = optax.inject_hyperparams(sam_lib.lightsam)(learning_rate=0.5, rho=0.3)
+  chained = optax.chain(optax.identity(), injected)  # chain forwards grad_fn
+  for k, v in _run(chained, 3, dtype=jnp.float32)[-1][0].items():
+    np.testing.assert_allclose(v, plain[k], rtol=1e-6)
