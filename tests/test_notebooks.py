@@ -7,6 +7,7 @@ PNG figures and a small JSON summary to ALPHADECAY_NOTEBOOK_OUTPUT.
 import json
 import os
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -59,3 +60,22 @@ def test_quickstart(tmp_path, monkeypatch):
     # 40 steps from ln(vocab) ~ 4.3 nats: every optimizer must have learned something.
     assert run["last_loss"] < run["first_loss"] - 0.3, (name, run)
     assert run["eval/loss"] < 4.0, (name, run)
+
+
+def test_esd_explorer(tmp_path, monkeypatch):
+  _execute("esd_explorer.ipynb", tmp_path, monkeypatch)
+  _assert_pngs(tmp_path, ["esd_histograms.png", "alpha_heatmap.png", "decay_per_module.png"])
+  summary = json.loads((tmp_path / "esd_summary.json").read_text())
+  alpha = np.asarray(summary["alpha"])
+  assert alpha.shape == (2, 7) and summary["roles"][0] == "attn_q"
+  assert np.all(np.asarray(summary["valid"])) and np.all((alpha > 1.0) & (alpha < 10.0))
+  tuned = np.asarray(summary["tuned"])
+  assert not tuned[0, 0] and tuned.sum() == 2 * 7 - 1  # layer 0's q is measured, not tuned
+  decay = np.asarray(summary["decay"])
+  wd, (s1, s2) = summary["weight_decay"], summary["s_range"]
+  np.testing.assert_allclose(decay[0, 0], wd)  # untuned: the base decay
+  np.testing.assert_allclose(decay[tuned].min(), s1 * wd, rtol=1e-5)
+  np.testing.assert_allclose(decay[tuned].max(), s2 * wd, rtol=1e-5)
+  # The map is monotone: the heaviest tail (smallest alpha) gets the weakest decay.
+  order = np.argsort(alpha[tuned])
+  assert np.all(np.diff(decay[tuned][order]) >= -1e-9)
