@@ -1,6 +1,8 @@
 """AlphaDecay transform and its AWD / AdaDecay baselines."""
 
 import math
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,10 @@ from alphadecay_jax import optimizers
 from alphadecay_jax import spectral
 from alphadecay_jax.transforms import alpha_decay as ad
 from alphadecay_jax.transforms import decay_baselines as baselines
-from conftest import load, read_metrics, run_python
+from conftest import ROOT, load, read_metrics, run_python
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import plot_alphas  # noqa: E402
 
 CFG = model_lib.ModelConfig(vocab_size=64, d_model=32, n_layers=3, n_heads=4,
                             n_kv_heads=2, d_ff=64, max_seq_len=64)
@@ -205,6 +210,9 @@ def test_trainer_runs_each_name_and_logs_alphas(tmp_path, name):
   if name.startswith("alphadecay"):
     alphas = metrics[6]["alpha_decay/alpha/blocks.mlp_up"]
     assert len(alphas) == 2 and all(1.0 < a < 10.0 for a in alphas)
+    assert metrics[6]["alpha_decay/scale/blocks.attn_q"][0] == 1.0  # layer-0 q untuned
+    figure = plot_alphas.plot(str(tmp_path))
+    assert os.path.getsize(figure) > 10_000
 
 
 @pytest.mark.slow
