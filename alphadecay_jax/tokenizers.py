@@ -18,7 +18,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 import sentencepiece as spm
 
-from alphadecay_jax import data
+from alphadecay_jax import corpora, data
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def local_sentencepiece_model(data_cfg) -> bytes:
   The cache file is keyed by vocab size, trainer version and a hash of the
   training sentences; it is written atomically so concurrent processes are safe.
   """
-  sentences = _sp_sentences(data.corpus_documents(data_cfg, 'train'))
+  sentences = _sp_sentences(corpora.corpus_documents(data_cfg, 'train'))
   h = hashlib.sha256(f'{_SP_TRAINER_VERSION}:{data_cfg.sentencepiece_vocab_size}'
                      .encode())
   for s in sentences:
@@ -201,7 +201,7 @@ def build_tokenizer(data_cfg) -> Tokenizer:
   if data_cfg.tokenizer == 'char':
     # Vocabulary of the whole corpus (train + validation): eval never sees
     # an unknown character, and the vocabulary does not depend on the split.
-    return CharTokenizer(''.join(data.corpus_documents(data_cfg, 'all')) + '\n')
+    return CharTokenizer(''.join(corpora.corpus_documents(data_cfg, 'all')) + '\n')
   if data_cfg.sentencepiece_model:
     with open(data_cfg.sentencepiece_model, 'rb') as f:
       return SentencePieceTokenizer(f.read())

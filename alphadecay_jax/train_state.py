@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from alphadecay_jax import model as model_lib
 from alphadecay_jax import optimizers

@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import time
 
 import _common  # sets up sys.path
 import _paired
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from alphadecay_jax import labels

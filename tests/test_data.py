@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from alphadecay_jax import corpora
 from alphadecay_jax import data
 from alphadecay_jax import tokenizers
 
@@ -55,7 +56,7 @@ def _window_ids(tokens, seq_len, batch):
 
 
 def test_plays_are_plain_text():
-  plays = data.shakespeare_plays()
+  plays = corpora.shakespeare_plays()
   assert len(plays) == 38
   text = ''.join(plays.values())
   for markup in ('**', '##', '_Enter', '_Exit', '\\[', '&amp;', '  \n'):
@@ -68,14 +69,14 @@ def test_plays_are_plain_text():
 
 
 def test_shakespeare_split_deterministic_and_disjoint():
-  train, val = data.shakespeare_split(4)
-  assert data.shakespeare_split(4) == (train, val)
+  train, val = corpora.shakespeare_split(4)
+  assert corpora.shakespeare_split(4) == (train, val)
   assert len(val) == 4 and len(train) == 34
   assert not set(train) & set(val)
-  assert set(train) | set(val) == set(data.shakespeare_plays())
+  assert set(train) | set(val) == set(corpora.shakespeare_plays())
   assert val == ['the-comedy-of-errors', 'henry-vi-part-3', 'troilus-and-cressida',
                  'king-lear']
-  assert len(data.shakespeare_split(7)[1]) == 7
+  assert len(corpora.shakespeare_split(7)[1]) == 7
 
 
 # ------------------------------------------------------------ tokenizers
@@ -83,10 +84,10 @@ def test_shakespeare_split_deterministic_and_disjoint():
 
 def test_char_tokenizer_round_trip(char_setup):
   _, tok = char_setup
-  text = ''.join(data.shakespeare_plays().values())
+  text = ''.join(corpora.shakespeare_plays().values())
   assert isinstance(tok, tokenizers.Tokenizer)
   assert tok.vocab_size == len(set(text) | {'\n'}) == 80
-  sample = data.shakespeare_plays()['macbeth'][:5000]
+  sample = corpora.shakespeare_plays()['macbeth'][:5000]
   ids = tok.encode(sample)
   assert ids.dtype == np.int32 and ids.shape == (len(sample),)
   assert tok.decode(ids) == sample
@@ -111,7 +112,7 @@ def test_sentencepiece_trained_locally_and_cached(tmp_path, monkeypatch):
   assert tok.vocab_size == 512 and tok.eos_id == 1
   cached = list((tmp_path / 'a').glob('sp_bpe_512_*.model'))
   assert len(cached) == 1 and cached[0].read_bytes() == tok.model_proto
-  text = data.shakespeare_plays()['hamlet'][:3000] + '  Ünïcødé 😀\n\n'
+  text = corpora.shakespeare_plays()['hamlet'][:3000] + '  Ünïcødé 😀\n\n'
   ids = tok.encode(text)
   assert len(ids) < len(text) / 1.5 and ids.max() < 512  # merges learnt
   assert tok.decode(ids) == text

@@ -1,6 +1,5 @@
 """labels: roles from paths, matrix views, and the AlphaDecay tuned-module mask."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx

@@ -1,6 +1,5 @@
 """Sharded training on simulated CPU devices and real preemption (each test in a fresh process)."""
 
-import json
 import signal
 import subprocess
 import sys
@@ -67,7 +66,7 @@ print(json.dumps(dict(losses=losses, specs=specs)))
 
 def test_checkpoint_written_on_8_devices_restores_on_4(tmp_path):
   workdir = str(tmp_path / "run")
-  common = _PRELUDE + f"""
+  common = _PRELUDE + """
 config = load("tiny", steps=8, checkpoint_every=4, eval_every=4)
 """
   first = run_python(common + f"""
