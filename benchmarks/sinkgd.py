@@ -219,7 +219,7 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--eval_every", type=int, default=25)
-  parser.add_argument("--matrix_lr_scale", type=float, default=1.0,
+  parser.add_argument("--matrix_lr_scale", type=float, default=0.33,
                       help="optimizer.sinkgd.matrix_lr_scale for sinkgd runs")
   args = parser.parse_args()
   parts = [p.strip() for p in args.parts.split(",") if p.strip()]

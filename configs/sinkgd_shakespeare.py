@@ -19,6 +19,7 @@ def get_config():
   spec.loader.exec_module(default)
   config = default.get_config()
   config.optimizer.name = "sinkgd"
-  # The SinkGD update has RMS 1, like Adam's early steps, so the AdamW peak lr carries over.
-  config.optimizer.sinkgd.update(num_iters=5, matrix_lr_scale=1.0, adam_lr_scale=1.0)
+  # Hidden matrices at 1e-3 (the SinkGD update has RMS 1), the rest AdamW at 3e-3. Seed 0,
+  # 400 steps: matrix_lr_scale 0.33 -> eval loss 1.879, 1.0 -> 1.941 (AdamW: 1.888).
+  config.optimizer.sinkgd.update(num_iters=5, matrix_lr_scale=0.33, adam_lr_scale=1.0)
   return config
