@@ -1,11 +1,14 @@
 """colabs/*.ipynb run top to bottom, headless, at tiny sizes, and save their figures.
 
 Each notebook reads ALPHADECAY_NOTEBOOK_QUICK=1 (small model, few steps) and writes its
-PNG figures and a small JSON summary to ALPHADECAY_NOTEBOOK_OUTPUT.
+PNG figures and a small JSON summary to ALPHADECAY_NOTEBOOK_OUTPUT: a pytest tmp dir,
+or DIR/<notebook> when ALPHADECAY_NOTEBOOK_FIGURES=DIR is set (to keep the PNGs of a
+CI run for a person to look at).
 """
 
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -18,6 +21,16 @@ nbclient = pytest.importorskip("nbclient")
 pytestmark = pytest.mark.slow
 COLABS = ROOT / "colabs"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def out_dir(tmp_path, request):
+  keep = os.environ.get("ALPHADECAY_NOTEBOOK_FIGURES")
+  if not keep:
+    return tmp_path
+  path = pathlib.Path(keep) / request.node.name.removeprefix("test_")
+  path.mkdir(parents=True, exist_ok=True)
+  return path
 
 
 def _execute(name: str, out_dir, monkeypatch) -> dict:
@@ -51,10 +64,10 @@ def test_notebooks_have_no_stored_outputs():
         assert not cell.outputs and cell.execution_count is None, path.name
 
 
-def test_quickstart(tmp_path, monkeypatch):
-  _execute("quickstart.ipynb", tmp_path, monkeypatch)
-  _assert_pngs(tmp_path, ["quickstart_loss.png"])
-  summary = json.loads((tmp_path / "quickstart_results.json").read_text())
+def test_quickstart(out_dir, monkeypatch):
+  _execute("quickstart.ipynb", out_dir, monkeypatch)
+  _assert_pngs(out_dir, ["quickstart_loss.png"])
+  summary = json.loads((out_dir / "quickstart_results.json").read_text())
   assert sorted(summary) == ["AdamW", "AlphaDecay (AdamW)", "SinkGD + AdamW"]
   for name, run in summary.items():
     # 40 steps from ln(vocab) ~ 4.3 nats: every optimizer must have learned something.
@@ -62,10 +75,10 @@ def test_quickstart(tmp_path, monkeypatch):
     assert run["eval/loss"] < 4.0, (name, run)
 
 
-def test_esd_explorer(tmp_path, monkeypatch):
-  _execute("esd_explorer.ipynb", tmp_path, monkeypatch)
-  _assert_pngs(tmp_path, ["esd_histograms.png", "alpha_heatmap.png", "decay_per_module.png"])
-  summary = json.loads((tmp_path / "esd_summary.json").read_text())
+def test_esd_explorer(out_dir, monkeypatch):
+  _execute("esd_explorer.ipynb", out_dir, monkeypatch)
+  _assert_pngs(out_dir, ["esd_histograms.png", "alpha_heatmap.png", "decay_per_module.png"])
+  summary = json.loads((out_dir / "esd_summary.json").read_text())
   alpha = np.asarray(summary["alpha"])
   assert alpha.shape == (2, 7) and summary["roles"][0] == "attn_q"
   assert np.all(np.asarray(summary["valid"])) and np.all((alpha > 1.0) & (alpha < 10.0))
