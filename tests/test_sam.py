@@ -273,6 +273,7 @@ out = {}
 for name, mesh in [("one", dict(data=1, fsdp=1, tensor=1)), ("fsdp8", dict(data=1, fsdp=8, tensor=1)),
                    ("mixed", dict(data=2, fsdp=2, tensor=2))]:
   config = load("tiny", steps=5, eval_every=5, checkpoint_every=0, grad_accum_steps=2,
+                batch_size=16,
                 **{"optimizer.name": "lightsam", "optimizer.learning_rate": 1.0,
                    "optimizer.sam.rho": 0.5})
   config.mesh.update(mesh)
