@@ -182,3 +182,168 @@ def spectral_stats(w: Array, xmin: str = "median") -> SpectralStats:
   srank = jnp.where(top > 0, jnp.nan_to_num(jnp.sum(eigs, axis=-1)) / jnp.where(
       top > 0, top, 1.0), 0.0)
   return SpectralStats(fit.alpha, fit.valid, jnp.sqrt(top), srank)
+
+
+# ---------------------------------------------------------------------------------------
+# Spectral projections for Lipschitz-constrained training (arXiv 2507.13338).
+#
+# Raw units here: sigma is the ordinary largest singular value of the last two axes.
+# `transforms/lipschitz.py` converts to RMS->RMS units (sqrt(fan_in/fan_out) * sigma).
+# Every map below is an odd matrix function f(W) = U f(S) V^T built from Gram products
+# A = M^T M of the smaller side, so it runs on stacked [..., m, n] input as batched matmuls.
+# ---------------------------------------------------------------------------------------
+
+# Newton-Schulz coefficient sets (a, b, c) per step: X <- aX + b (XX^T)X + c (XX^T)^2 X.
+NS_COEFFS: dict[str, tuple[tuple[float, float, float], ...]] = {
+    # Keller Jordan's Muon quintic, 5 steps (optax.contrib.muon 'standard').
+    "keller": ((3.4445, -4.7750, 2.0315),) * 5,
+    # optax.contrib.muon 'dion' preset (Ahn et al., arXiv 2504.05295), 5 steps.
+    "dion": ((4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377),
+             (3.7418, -5.5913, 2.3037), (2.8769, -3.1427, 1.2046),
+             (2.8366, -3.0525, 1.2012)),
+    # The 6-step set of the paper's code (credited to @YouJiacheng and @leloykun).
+    "six_step": ((3955 / 1024, -8306 / 1024, 5008 / 1024),
+                 (3735 / 1024, -6681 / 1024, 3463 / 1024),
+                 (3799 / 1024, -6499 / 1024, 3211 / 1024),
+                 (4019 / 1024, -6385 / 1024, 2906 / 1024),
+                 (2677 / 1024, -3029 / 1024, 1162 / 1024),
+                 (2172 / 1024, -1833 / 1024, 682 / 1024)),
+}
+# Hard cap (Franz Cesista's coefficients in the paper's code): 4 odd quintic steps that
+# map [0, 3.5] into [0, 1.011] with slope 0.951 at zero, applied to W / w_max.
+HARD_CAP_COEFFS = ((0.805032, 0.206361, -0.019763), (0.649867, 0.162935, -0.011150),
+                   (1.810259, -0.200265, 0.008251), (1.004384, -0.183490, 0.014413))
+# The soft cap p is increasing on [0, k] iff a k^2 <= 1/3 (where p'(s) first vanishes),
+# i.e. iff k / w_max <= 1 / g(1/3) = 81/62 = 1.3065 (g below).
+SOFT_CAP_MAX_RATIO = 81.0 / 62.0
+_POWER_ITERATION_SEED = 20250717
+
+
+def polynomial_sup(coeffs: tuple[tuple[float, float, float], ...],
+                   upper: float = 1.0, points: int = 1_000_001) -> float:
+  """max over s in [0, upper] of the composed odd quintics (float64 grid, host side).
+
+  For Newton-Schulz input scaled by its Frobenius norm (singular values <= 1) this is the
+  largest singular value the iteration can output: 1.2024 (keller), 1.14502 (dion).
+  """
+  import numpy as np  # host-side constant; keeps the module's jnp-only hot path
+  s = np.linspace(0.0, upper, points)
+  for a, b, c in coeffs:
+    s = a * s + b * s**3 + c * s**5
+  return float(s.max())
+
+
+def _gram_side(w: Array) -> tuple[Array, bool]:
+  """W, or W^T when that makes the Gram M^T M the smaller (min(m, n)-square) one."""
+  transpose = w.shape[-2] < w.shape[-1]
+  return (jnp.swapaxes(w, -1, -2) if transpose else w), transpose
+
+
+def odd_polynomial_steps(w: Array, coeffs) -> Array:
+  """Applies M <- M (a I + b A + c A^2), A = M^T M, per step; on singular values
+  s <- a s + b s^3 + c s^5. `coeffs`: rows (a, b, c), each entry a float or an array
+  broadcastable to the stacked shape [...]."""
+  m, transpose = _gram_side(_f32(w))
+  for a, b, c in coeffs:
+    gram = jnp.swapaxes(m, -1, -2) @ m
+    a, b, c = (jnp.asarray(x, jnp.float32)[..., None, None] for x in (a, b, c))
+    m = a * m + m @ (b * gram + c * (gram @ gram))
+  return jnp.swapaxes(m, -1, -2) if transpose else m
+
+
+def newton_schulz_polar(w: Array, coeffs: str = "keller", eps: float = 1e-7) -> Array:
+  """Approximate polar factor U V^T of W = U S V^T by Newton-Schulz on W / ||W||_F.
+
+  Output singular values are the composed quintic of sigma_i / ||W||_F: within
+  [~0.68, 1.2024] (keller), [~0.98, 1.14502] (dion) for sigma_i / ||W||_F > 0.01.
+  """
+  if coeffs not in NS_COEFFS:
+    raise ValueError(f"coeffs={coeffs!r} is not one of {tuple(NS_COEFFS)}")
+  w = _f32(w)
+  w = w / (jnp.sqrt(jnp.sum(w * w, axis=(-2, -1), keepdims=True)) + eps)
+  return odd_polynomial_steps(w, NS_COEFFS[coeffs])
+
+
+def power_iteration(w: Array, num_iters: int = 16, seed: int = _POWER_ITERATION_SEED
+                    ) -> tuple[Array, Array, Array]:
+  """Top singular triple (u [..., m], sigma [...], v [..., n]) by `num_iters` fixed steps
+  of v <- W^T W v / ||.|| from a start vector drawn from a fixed key (deterministic and
+  identical on every device). sigma_hat = ||W v|| never exceeds sigma_max.
+  """
+  w = _f32(w)
+  m, n = w.shape[-2:]
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), m), n)
+  v = jax.random.normal(key, w.shape[:-2] + (n,), jnp.float32)
+  tiny = jnp.finfo(jnp.float32).tiny
+
+  def normalize(x: Array) -> Array:
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), tiny)
+
+  def body(_: int, v: Array) -> Array:
+    wv = jnp.einsum("...mn,...n->...m", w, v)
+    return normalize(jnp.einsum("...mn,...m->...n", w, wv))
+
+  v = jax.lax.fori_loop(0, num_iters, body, normalize(v))
+  wv = jnp.einsum("...mn,...n->...m", w, v)
+  sigma = jnp.linalg.norm(wv, axis=-1)
+  return normalize(wv), sigma, v
+
+
+def soft_cap_polynomial(s: Array, a: Array) -> Array:
+  """p(s) = s - 3a^2 s^5 + 3a^3 s^7 - a^4 s^9, the soft cap on one singular value."""
+  y = a * s * s
+  return s * (1.0 - 3.0 * y**2 + 3.0 * y**3 - y**4)
+
+
+def soft_cap_coupling(w_max: Array, weight_decay: Array, update_norm: Array,
+                      iters: int = 40) -> Array:
+  """Smallest a >= 0 with p(k) = w_max, k = w_max (1 - weight_decay) + update_norm.
+
+  With x = a k^2, p(k) = k g(x), g(x) = 1 - 3x^2 + 3x^3 - x^4, strictly decreasing on
+  [0, 1] from 1 to 0; x solves g(x) = w_max / k by bisection. a = 0 when k <= w_max (no
+  cap needed; the paper's code returns 1 there). Elementwise on arrays, jittable.
+  The guarantee sigma <= k => p(sigma) <= w_max holds for k <= SOFT_CAP_MAX_RATIO w_max.
+  """
+  w_max, weight_decay, update_norm = (jnp.asarray(x, jnp.float32)
+                                      for x in (w_max, weight_decay, update_norm))
+  k = w_max * (1.0 - weight_decay) + update_norm
+  target = jnp.clip(w_max / jnp.where(k > 0, k, 1.0), 0.0, 1.0)
+  g = lambda x: 1.0 - 3.0 * x**2 + 3.0 * x**3 - x**4
+
+  def body(_: int, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    above = g(mid) > target  # root lies to the right of mid
+    return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, iters, body, (jnp.zeros_like(k), jnp.ones_like(k)))
+  # hi keeps g(hi) <= target: p(k) <= w_max, rounding to the safe side.
+  return jnp.where(k > w_max, hi / (k * k), 0.0)
+
+
+def soft_cap(w: Array, a: Array) -> Array:
+  """M <- M(I - aA) then M <- M(I + aA') (A = M^T M of each current M): p on singular values.
+
+  Computed as the equal single product M q(A), q(A) = I + A^2 (-3a^2 I + 3a^3 A - a^4 A^2),
+  which costs 4mn^2 + 4n^3 flops (n <= m) instead of 8mn^2. `a`: scalar or [...].
+  """
+  m, transpose = _gram_side(_f32(w))
+  a = jnp.asarray(a, jnp.float32)[..., None, None]
+  gram = jnp.swapaxes(m, -1, -2) @ m
+  gram2 = gram @ gram
+  inner = 3.0 * a**3 * gram - a**4 * gram2
+  out = m + m @ (gram2 @ inner - 3.0 * a**2 * gram2)
+  return jnp.swapaxes(out, -1, -2) if transpose else out
+
+
+def hard_cap(w: Array, w_max: Array) -> Array:
+  """~min(sigma, w_max) on singular values: HARD_CAP_COEFFS on W / w_max, times w_max."""
+  w_max = jnp.asarray(w_max, jnp.float32)[..., None, None]
+  return w_max * odd_polynomial_steps(_f32(w) / w_max, HARD_CAP_COEFFS)
+
+
+def exact_cap(w: Array, w_max: Array) -> Array:
+  """U min(S, w_max) V^T by SVD (exact; the oracle for the polynomial caps)."""
+  u, s, vt = jnp.linalg.svd(_f32(w), full_matrices=False)
+  s = jnp.minimum(s, jnp.asarray(w_max, jnp.float32)[..., None])
+  return (u * s[..., None, :]) @ vt

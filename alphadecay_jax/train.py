@@ -185,6 +185,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     if params is not None and (step_done % config.eval_every == 0
                                or step_done == config.steps):
       last_eval = ts.evaluate(eval_fn, params, eval_batches)
+      last_eval.update(model_lib.lipschitz_metrics(params, model_cfg))  # {} unless lipschitz
       record.update(last_eval)
       writer.print(f"step {step_done}: eval loss {last_eval['eval/loss']:.4f} "
                    f"accuracy {last_eval['eval/accuracy']:.4f}")
