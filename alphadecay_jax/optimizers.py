@@ -215,11 +215,13 @@ def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
 
 
 def decay_mask(decay_embeddings: bool) -> Callable[[Any], Any]:
-  """Mask fn: True for matrices (ndim >= 2), False for norms and, unless asked, the embedding."""
+  """Mask fn: True for weight matrices; False for norm scales (stacked [layers, d] ones
+  included), non-matrices and, unless asked, the embedding. Roles come from `labels`."""
   def mask(params: Any) -> Any:
     def leaf(path: tuple, x: Any) -> bool:
-      keys = [getattr(k, "key", None) for k in path]
-      return x.ndim >= 2 and (decay_embeddings or keys[-1:] != ["embed"])
+      role = labels.role_of(path)
+      return (labels.default_view(x) is not None and role != "norm"
+              and (decay_embeddings or role != "embed"))
     return jax.tree_util.tree_map_with_path(leaf, params)
   return mask
 
