@@ -165,7 +165,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   step_fn = ts.jit_train_step(spec, tx, mesh, config.grad_accum_steps, schedule)
   eval_fn = ts.jit_eval_step(spec, mesh)
   preempted = checkpoint_lib.PreemptionFlag()
-  averages, pending, last_eval = _Averages(), None, {}
+  averages, pending, last_eval, bar_extras = _Averages(), None, {}, {}
   step = start
 
   def finish_step(step_done: int, metrics: dict, params: Any = None) -> None:
@@ -178,10 +178,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           f"{config.max_nonfinite_in_a_row} non-finite losses or gradients in a row at "
           f"step {step_done}; those updates were skipped")
     averages.add(metrics)
-    writer.progress(step_done, {"loss": float(metrics["train/loss"])})
     record = {}
     if step_done % config.log_every == 0 or step_done == config.steps:
       record.update(averages.pop(), **throughput.measure(step_done))
+      if "perf/tokens_per_second" in record:  # the bar shows the latest measured rate
+        bar_extras["tok/s"] = record["perf/tokens_per_second"]
+    writer.progress(step_done, {"loss": float(metrics["train/loss"]), **bar_extras})
     if params is not None and (step_done % config.eval_every == 0
                                or step_done == config.steps):
       last_eval = ts.evaluate(eval_fn, params, eval_batches)
