@@ -92,3 +92,42 @@ def test_esd_explorer(out_dir, monkeypatch):
   # The map is monotone: the heaviest tail (smallest alpha) gets the weakest decay.
   order = np.argsort(alpha[tuned])
   assert np.all(np.diff(decay[tuned][order]) >= -1e-9)
+
+
+def test_lipschitz(out_dir, monkeypatch):
+  _execute("lipschitz.ipynb", out_dir, monkeypatch)
+  _assert_pngs(out_dir, ["projections_singular_values.png", "lipschitz_bound.png"])
+  s = json.loads((out_dir / "lipschitz_summary.json").read_text())
+  w_max, top = s["w_max"], s["after_top"]
+  before = np.asarray(s["before"])
+  after = {name: np.asarray(values) for name, values in s["after"].items()}
+  np.testing.assert_allclose(before, np.linspace(3.0, 0.05, 64), rtol=1e-5)
+  # Exact cap: min(sigma, w_max) along the same singular vectors.
+  np.testing.assert_allclose(after["spectral_exact_cap (SVD)"], np.minimum(before, w_max),
+                             atol=1e-4)
+  assert top["spectral_exact_cap (SVD)"] == pytest.approx(w_max, abs=1e-4)
+  # Hard cap: <= 1.011 w_max for inputs up to 3.5 w_max (the polynomial's guarantee).
+  assert w_max * 0.95 < top["spectral_hard_cap"] <= 1.011 * w_max
+  # Soft cap: guaranteed up to k = w_max + eta = 1.3; small values nearly unchanged.
+  soft = after["spectral_soft_cap (eta 0.3)"]
+  assert np.all(np.abs(soft[before <= 1.3]) <= w_max + 1e-4)
+  assert np.abs(soft[before > 1.3]).max() > w_max  # no guarantee beyond k
+  # Power-iteration projections: sigma_hat a few percent low on this clustered spectrum.
+  assert w_max <= top["spectral_normalize"] <= 1.05 * w_max
+  np.testing.assert_allclose(after["spectral_normalize"] / before, 1 / before[0], rtol=0.05)
+  # Hammer and spectral decay subtract a rank-one term along the estimated top pair,
+  # which here blends the leading ~5 directions: what they remove, summed over those
+  # directions, is sigma_hat - w_max and 0.1 sigma_hat.
+  for name, removed in (("spectral_hammer", before[0] - w_max),
+                        ("spectral_weight_decay (0.1)", 0.1 * before[0])):
+    diff = before[:8] - after[name][:8]
+    assert np.all(diff >= -1e-3) and diff.sum() == pytest.approx(removed, rel=0.15), name
+    assert top[name] < before[0], name
+  for name, values in after.items():  # all but normalise leave small values alone
+    if name != "spectral_normalize":
+      assert values[-1] == pytest.approx(before[-1], rel=0.05), name
+  projected = s["runs"]["projected (2-Lipschitz)"]
+  free = s["runs"]["unconstrained"]
+  assert s["cap_bound"] == pytest.approx(1.997, abs=2e-3)
+  assert max(projected["bound"]) <= s["cap_bound"] + 1e-3  # certified at every eval
+  assert free["bound"][-1] > 10 * projected["bound"][-1]
