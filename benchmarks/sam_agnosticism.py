@@ -21,8 +21,10 @@ max - min of the final validation loss over the runs that did not fail (null if 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import sys
 import tempfile
 import time
 
@@ -61,7 +63,8 @@ def run_one(method: str, family: str, lr: float, rho: float | None, args) -> dic
   config.optimizer.sam.update(variant=family, rho=rho if rho is not None else 0.0)
   start = time.perf_counter()
   loss, stopped = None, False
-  with tempfile.TemporaryDirectory() as workdir:
+  # The trainer prints progress on stdout; stdout must carry only the one JSON line.
+  with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(sys.stderr):
     try:
       loss = train_lib.train(config, workdir).eval_metrics["eval/loss"]
     except FloatingPointError:
