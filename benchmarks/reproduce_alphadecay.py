@@ -44,6 +44,8 @@ def run_one(arg: str, seed: int, steps: int | None) -> dict:
     config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 10)
   with tempfile.TemporaryDirectory() as workdir:
     result, seconds = _common.timed(lambda: train_lib.train(config, workdir))
+  if result.step != config.steps:  # SIGTERM stopped the run: stop the sweep, record nothing
+    raise SystemExit(f"{arg} seed {seed} stopped at step {result.step}; sweep interrupted")
   return {"variant": arg, "seed": seed, "steps": config.steps,
           "eval_loss": result.eval_metrics["eval/loss"],
           "eval_accuracy": result.eval_metrics["eval/accuracy"], "seconds": seconds}
