@@ -17,7 +17,8 @@ Degenerate inputs (all zero, rank one, NaN/Inf) give finite values and valid = F
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,31 +45,73 @@ def esd(w: Array, method: str = "auto") -> Array:
 
   "gram": eigvalsh of the min(m, n)-square Gram, 3-4x cheaper than svdvals on CPU.
   "svd": squared singular values (accurate for ill-conditioned matrices).
-  "auto": Gram, recomputed by SVD (for the whole stack, under `lax.cond`) only when some
-  matrix's median eigenvalue is below 1e-3 of its largest.
+  "auto": Gram, recomputed by SVD (under `lax.cond`) only when some matrix's median
+  eigenvalue is below 1e-3 of its largest.
   Rounding negatives are clipped to 0; non-finite input gives NaN eigenvalues, which
   `fit_tail` flags as invalid.
   """
+  return esd_many([w], method)[0]
+
+
+def _in_sequence(inputs: Sequence[Array], fn: Callable[[Array], Array]) -> list[Array]:
+  """fn over inputs, each call gated on the previous result (`optimization_barrier`).
+
+  XLA:CPU (jax 0.10.2) can deadlock when several LAPACK eigen/SVD calls run at once:
+  seven concurrent eigvalsh of [2, 512, 512] never finished on a 2-core machine.
+  """
+  outs: list[Array] = []
+  for x in inputs:
+    if outs:
+      x, _ = jax.lax.optimization_barrier((x, outs[-1]))
+    outs.append(fn(x))
+  return outs
+
+
+def esd_many(ws: Sequence[Array], method: str = "auto") -> list[Array]:
+  """`esd` of several stacks of matrices with one eigvalsh per distinct Gram size.
+
+  All matrices whose smaller side is n share one batched [*, n, n] eigendecomposition
+  (e.g. every attention and MLP matrix of a LLaMA layer stack), and the few calls run
+  one after another (see `_in_sequence`). "auto" falls back to per-matrix SVDs for
+  every input when any matrix is ill-conditioned.
+  """
   if method not in ESD_METHODS:
     raise ValueError(f"esd method={method!r} is not one of {ESD_METHODS}")
-  w = _f32(w)
-  m, n = w.shape[-2:]
-  finite = jnp.all(jnp.isfinite(w), axis=(-2, -1), keepdims=True)
-  w = jnp.where(finite, w, 0.0)  # keep NaN out of the LAPACK calls
+  ws = [_f32(w) for w in ws]
+  finite = [jnp.all(jnp.isfinite(w), axis=(-2, -1)) for w in ws]
+  ws = [jnp.where(f[..., None, None], w, 0.0) for w, f in zip(ws, finite)]  # no NaN in LAPACK
 
-  def by_svd() -> Array:
-    sigma = jnp.linalg.svd(w, compute_uv=False)
-    return jnp.sort(sigma * sigma, axis=-1)
+  def by_svd() -> list[Array]:
+    sigmas = _in_sequence(ws, lambda w: jnp.linalg.svd(w, compute_uv=False))
+    return [jnp.sort(s * s, axis=-1) for s in sigmas]
+
+  def by_gram() -> list[Array]:
+    grams = [(jnp.swapaxes(w, -1, -2) @ w) if w.shape[-2] >= w.shape[-1]
+             else (w @ jnp.swapaxes(w, -1, -2)) for w in ws]
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(grams):
+      groups.setdefault(g.shape[-1], []).append(i)
+    batches = [jnp.concatenate([grams[i].reshape(-1, n, n) for i in idx])
+               for n, idx in groups.items()]
+    eigs = _in_sequence(batches, lambda b: jnp.maximum(jnp.linalg.eigvalsh(b), 0.0))
+    out: list[Array] = [None] * len(ws)
+    for e, idx in zip(eigs, groups.values()):
+      offset = 0
+      for i in idx:
+        count = math.prod(grams[i].shape[:-2])
+        out[i] = e[offset:offset + count].reshape(grams[i].shape[:-1])
+        offset += count
+    return out
 
   if method == "svd":
     eigs = by_svd()
   else:
-    gram = (jnp.swapaxes(w, -1, -2) @ w) if m >= n else (w @ jnp.swapaxes(w, -1, -2))
-    eigs = jnp.maximum(jnp.linalg.eigvalsh(gram), 0.0)
+    eigs = by_gram()
     if method == "auto":
-      ill = jnp.any(eigs[..., min(m, n) // 2] < _ILL_CONDITIONED * eigs[..., -1])
+      ill = jnp.any(jnp.stack([jnp.any(e[..., e.shape[-1] // 2] < _ILL_CONDITIONED * e[..., -1])
+                               for e in eigs]))
       eigs = jax.lax.cond(ill, by_svd, lambda: eigs)
-  return jnp.where(finite[..., 0], eigs, jnp.nan)
+  return [jnp.where(f[..., None], e, jnp.nan) for e, f in zip(eigs, finite)]
 
 
 class TailFit(NamedTuple):

@@ -116,3 +116,16 @@ def test_esd_methods_agree_and_norms_match_numpy():
   np.testing.assert_allclose(spectral.stable_rank(w), (s ** 2).sum(-1) / s[:, 0] ** 2,
                              rtol=1e-4)
   assert jax.jit(spectral.esd)(w).shape == (2, 30)
+
+
+@pytest.mark.parametrize("method", spectral.ESD_METHODS)
+def test_esd_many_batches_by_gram_size_and_equals_per_matrix_esd(method):
+  rng = np.random.default_rng(8)
+  ws = [rng.standard_normal(s).astype(np.float32) for s in
+        [(3, 40, 24), (24, 40), (2, 24, 56), (40, 40), (5, 7)]]
+  ws[1][0, 0] = np.nan
+  many = jax.jit(lambda xs: spectral.esd_many(xs, method))(ws)
+  for w, e in zip(ws, many):
+    assert e.shape == w.shape[:-2] + (min(w.shape[-2:]),)
+    np.testing.assert_allclose(e, spectral.esd(w, method), rtol=1e-5, atol=1e-4)
+  assert np.all(np.isnan(many[1]))

@@ -141,10 +141,12 @@ def add_alpha_decayed_weights(
 
   def refresh(params: Any) -> tuple[Any, Any, Any]:
     views = measured(params)
-    fits = jax.tree.map(
-        lambda v, w: (spectral.fit_tail(spectral.esd(v.to_matrices(w)), xmin)
-                      if v is not None else None),
-        views, params, is_leaf=labels_lib._is_view_leaf)
+    # One batched eigendecomposition per distinct matrix size for the whole model.
+    pairs = [(v, w) for v, w in zip(jax.tree.leaves(views, is_leaf=labels_lib._is_view_leaf),
+                                    jax.tree.leaves(params)) if v is not None]
+    eigs = iter(spectral.esd_many([v.to_matrices(w) for v, w in pairs]))
+    fits = jax.tree.map(lambda v: spectral.fit_tail(next(eigs), xmin) if v is not None
+                        else None, views, is_leaf=labels_lib._is_view_leaf)
     is_fit = lambda x: x is None or isinstance(x, spectral.TailFit)
     alpha = jax.tree.map(lambda f: f and f.alpha, fits, is_leaf=is_fit)
     valid = jax.tree.map(lambda f: f and f.valid, fits, is_leaf=is_fit)
