@@ -304,13 +304,16 @@ def loss_and_accuracy(logits_BTV: Array, targets_BT: Array,
   return jnp.sum(nll_BT * weights_BT) / jnp.maximum(count, 1.0), correct, count
 
 
-def rms_operator_norm(w: Array) -> Array:
-  """||W||_rms = sqrt(fan_in / fan_out) * sigma_max of [..., fan_in, fan_out] (exact)."""
+def rms_operator_norms(ws: list[Array]) -> list[Array]:
+  """||W||_rms = sqrt(fan_in / fan_out) * sigma_max of each [..., fan_in, fan_out] (exact).
+
+  Gram eigenvalues (the top one is accurate) through `spectral.esd_many`, which batches
+  and sequences the eigendecompositions: concurrent LAPACK calls deadlock XLA:CPU.
+  """
   from alphadecay_jax import spectral  # model code needs spectral only for the bound
-  fan_in, fan_out = w.shape[-2:]
-  # Gram eigenvalues only: the top one is accurate, and `esd`'s SVD fallback under
-  # lax.cond deadlocked XLA:CPU when fused with the rest of the bound (jax 0.10.2).
-  return (fan_in / fan_out) ** 0.5 * jnp.sqrt(spectral.esd(w, "gram")[..., -1])
+  eigs = spectral.esd_many(ws, "gram")
+  return [(w.shape[-2] / w.shape[-1]) ** 0.5 * jnp.sqrt(e[..., -1])
+          for w, e in zip(ws, eigs)]
 
 
 def bound_from_norms(norms: dict[str, Array], n_layers: int,
@@ -343,11 +346,11 @@ def bound_from_norms(norms: dict[str, Array], n_layers: int,
 def weight_norms(params: Any) -> dict[str, Array]:
   """The norms `bound_from_norms` needs, from a Lipschitz-variant parameter dict."""
   embed = jnp.asarray(params["embed"], jnp.float32)
-  blocks = params["blocks"]
-  norms = {name: rms_operator_norm(blocks[name]) for name in
-           ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_up", "mlp_down")}
+  names = ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_up", "mlp_down")
+  matrices = [params["blocks"][name] for name in names] + [params["head"]]
+  *hidden, head = rms_operator_norms(matrices)
+  norms = dict(zip(names, hidden), head=head)
   norms["embed"] = jnp.max(jnp.sqrt(jnp.mean(embed * embed, axis=-1)))
-  norms["head"] = rms_operator_norm(params["head"])
   return norms
 
 
