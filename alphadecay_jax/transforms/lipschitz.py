@@ -61,15 +61,18 @@ def _at(value: ScalarOrSchedule, step: Array) -> Array:
 
 
 def on_matrices(fn: MatrixFn, mask: MaskOrFn = labels.hidden_matrix_mask,
-                view_fn: ViewFn | None = None) -> Projection:
+                view_fn: ViewFn | None = None, sequential: bool = False) -> Projection:
   """Lifts a per-matrix map in RMS->RMS units to a projection of a parameter tree.
 
   `mask` (a bool tree or a function of params) picks the leaves; each is seen through
   its matrix view (default: last two axes (fan_in, fan_out), leading axes stacked), so
   a stacked [layers, fan_in, fan_out] kernel is projected layer by layer. Float32 math.
+  `sequential` runs the leaves one after another: maps that call LAPACK (SVD) must not
+  run concurrently on XLA:CPU, which can deadlock (see `spectral._in_sequence`).
   """
   def project(params: Any, step: Array) -> Any:
     masks = mask(params) if callable(mask) else mask
+    previous: list[Array] = []
 
     def leaf(path: tuple, p: Array, selected: bool) -> Array:
       view = view_fn(path, p) if view_fn else labels.default_view(p)
@@ -78,7 +81,10 @@ def on_matrices(fn: MatrixFn, mask: MaskOrFn = labels.hidden_matrix_mask,
       fan_in, fan_out = view.matrix_shape
       scale = math.sqrt(fan_in / fan_out)
       m = view.to_matrices(p.astype(jnp.float32)) * scale
+      if sequential and previous:
+        m, _ = jax.lax.optimization_barrier((m, previous[-1]))
       out = fn(m, step, fan_in, fan_out) / scale
+      previous.append(out)
       return view.from_matrices(out).astype(p.dtype)
 
     return jax.tree_util.tree_map_with_path(leaf, params, masks)
@@ -141,6 +147,7 @@ def spectral_hard_cap(w_max: float, **kw: Any) -> Projection:
 
 def spectral_exact_cap(w_max: float, **kw: Any) -> Projection:
   """U min(S, w_max) V^T by SVD: exact, and the costliest."""
+  kw.setdefault("sequential", True)
   return on_matrices(lambda m, *_: spectral.exact_cap(m, w_max), **kw)
 
 
