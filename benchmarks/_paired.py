@@ -13,23 +13,20 @@ from typing import Any
 import _common  # sets up sys.path
 
 import jax
+import step_time  # benchmarks/step_time.py: synthetic batches, the corpus vocabulary
 
 from alphadecay_jax import optimizers
 from alphadecay_jax import sharding as sharding_lib
 from alphadecay_jax import train as train_lib
 from alphadecay_jax import train_state as ts
 
-CHAR_VOCAB = 80  # embedded Shakespeare, character tokenizer
-
-
 def paired_step_times(configs: dict[str, Any], rounds: int, warmup: int = 2,
-                      vocab: int = CHAR_VOCAB) -> dict[str, Any]:
+                      vocab: int = step_time.CHAR_VOCAB) -> dict[str, Any]:
   """Median seconds/step of each config's real jitted train step, interleaved.
 
   All configs must share model, batch and sequence length (only the optimizer
   differs); batches are synthetic and already on the device.
   """
-  import step_time  # benchmarks/step_time.py: synthetic batches
   first = next(iter(configs.values()))
   mesh = sharding_lib.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   model_cfg = train_lib.model_config(first, vocab)

@@ -71,54 +71,17 @@ def state_bytes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def step_time(args: argparse.Namespace) -> dict[str, Any]:
-  import jax
-  import step_time as st  # benchmarks/step_time.py: synthetic batches
-  from alphadecay_jax import optimizers
-  from alphadecay_jax import sharding as sharding_lib
-  from alphadecay_jax import train as train_lib
-  from alphadecay_jax import train_state as ts
+  import _paired  # imports jax: only when this part runs
 
   base = _common.load_config("cpu_10m")
-  mesh = sharding_lib.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-  model_cfg = train_lib.model_config(base, st.CHAR_VOCAB)
-  batches = st.synthetic_batches(4, base.batch_size, base.seq_len, model_cfg.vocab_size,
-                                 sharding_lib.batch_sharding(mesh))
-  runners, compile_s = {}, {}
-  for opt in OPTIMIZERS:
-    config = _with_optimizer(base, opt, args.matrix_lr_scale)
-    tx = optimizers.build_optimizer(config.optimizer, config.steps)
-    schedule = optimizers.make_schedule(config.optimizer, config.steps)
-    spec = ts.state_spec(model_cfg, tx, mesh)
-    state = ts.create_state(spec, model_cfg, tx, config.seed)
-    step_fn = ts.jit_train_step(spec, tx, mesh, config.grad_accum_steps, schedule)
-    compiled, compile_s[opt] = _common.timed(lambda: step_fn.lower(state, batches[0]).compile())
-    runners[opt] = [compiled, state]
-    _common.log(f"[step_time] {opt} compiled in {compile_s[opt]:.1f}s")
-
-  def one(opt: str, i: int) -> float:
-    compiled, state = runners[opt]
-    start = time.perf_counter()
-    state, metrics = compiled(state, batches[i % len(batches)])
-    metrics["train/loss"].block_until_ready()
-    runners[opt][1] = state
-    return time.perf_counter() - start
-
-  for i in range(args.warmup):
-    for opt in OPTIMIZERS:
-      one(opt, i)
-  times = {opt: [] for opt in OPTIMIZERS}
-  monitor = _common.CpuMonitor()
-  for i in range(args.pairs):
-    # Alternate which goes first so neither always follows the other.
-    for opt in (OPTIMIZERS if i % 2 == 0 else OPTIMIZERS[::-1]):
-      times[opt].append(one(opt, i))
+  configs = {opt: _with_optimizer(base, opt, args.matrix_lr_scale) for opt in OPTIMIZERS}
+  out = _paired.paired_step_times(configs, args.pairs, args.warmup)
+  times = out.pop("times")
   ratios = [s / a for s, a in zip(times["sinkgd"], times["adamw"])]
   result = {"config": "configs/cpu_10m.py", "pairs": args.pairs,
-            "compile_seconds": {k: round(v, 2) for k, v in compile_s.items()},
-            "median_seconds_per_step": {k: _common.median(v) for k, v in times.items()},
             "ratio_sinkgd_to_adamw": _common.median(ratios),
             "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "target_ratio": 1.05, **monitor.stop()}
+            "target_ratio": 1.05, **out}
   result["meets_target"] = result["ratio_sinkgd_to_adamw"] <= 1.05
   _common.log(f"[step_time] ratio {result['ratio_sinkgd_to_adamw']:.3f}")
   return result

@@ -43,7 +43,7 @@ from alphadecay_jax import train as train_lib
 from alphadecay_jax import train_state as ts
 
 TARGET_10M_RATIO = 0.5
-CHAR_VOCAB = 65  # embedded Shakespeare, character tokenizer (used when model.vocab_size=0)
+CHAR_VOCAB = 80  # embedded Shakespeare, character tokenizer (used when model.vocab_size=0)
 
 
 class Matmul:
