@@ -54,16 +54,22 @@ def esd(w: Array, method: str = "auto") -> Array:
 
 
 def _in_sequence(inputs: Sequence[Array], fn: Callable[[Array], Array]) -> list[Array]:
-  """fn over inputs, each call gated on the previous result (`optimization_barrier`).
+  """fn over stacks of matrices, one matrix at a time, each stack gated on the previous
+  result (`optimization_barrier`), `fn` mapped over the stack with `lax.map`.
 
-  XLA:CPU (jax 0.10.2) can deadlock when several LAPACK eigen/SVD calls run at once:
-  seven concurrent eigvalsh of [2, 512, 512] never finished on a 2-core machine.
+  Why: jaxlib's CPU LAPACK kernels (jax 0.10.2) split a batch over XLA's intra-op
+  thread pool and block on it; several such kernels at once (several leaves, or the
+  same kernel on several simulated devices) deadlocked the pool on a 2-core machine.
+  One matrix per call, one call at a time, never blocks on the pool.
   """
   outs: list[Array] = []
   for x in inputs:
     if outs:
       x, _ = jax.lax.optimization_barrier((x, outs[-1]))
-    outs.append(fn(x))
+    lead = x.shape[:-2]
+    flat = x.reshape((-1,) + x.shape[-2:])
+    out = jax.lax.map(fn, flat)
+    outs.append(out.reshape(lead + out.shape[1:]))
   return outs
 
 
