@@ -156,10 +156,10 @@ def tuned_module_mask(params: Any, *, roles: Iterable[str] = HIDDEN,
       mask[(0,) * mask.ndim] = False
     return mask
 
-  return jax.tree_util.tree_map_with_path(leaf, views, is_leaf=_is_view_leaf)
+  return jax.tree_util.tree_map_with_path(leaf, views, is_leaf=is_view_leaf)
 
 
-def _is_view_leaf(x: Any) -> bool:
+def is_view_leaf(x: Any) -> bool:
   return x is None or isinstance(x, MatrixView)
 
 

@@ -74,11 +74,11 @@ def _in_sequence(inputs: Sequence[Array], fn: Callable[[Array], Array]) -> list[
 
 
 def esd_many(ws: Sequence[Array], method: str = "auto") -> list[Array]:
-  """`esd` of several stacks of matrices with one eigvalsh per distinct Gram size.
+  """`esd` of several stacks of matrices, grouped by Gram size.
 
-  All matrices whose smaller side is n share one batched [*, n, n] eigendecomposition
-  (e.g. every attention and MLP matrix of a LLaMA layer stack), and the few calls run
-  one after another (see `_in_sequence`). "auto" falls back to per-matrix SVDs for
+  All matrices whose smaller side is n form one [*, n, n] stack (e.g. every attention
+  and MLP matrix of a LLaMA layer stack), eigendecomposed one matrix at a time and one
+  stack after another (see `_in_sequence`). "auto" falls back to per-matrix SVDs for
   every input when any matrix is ill-conditioned.
   """
   if method not in ESD_METHODS:

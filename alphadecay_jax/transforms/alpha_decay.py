@@ -127,13 +127,13 @@ def add_alpha_decayed_weights(
     views = labels_lib.matrix_views(params, view_fn)
     return jax.tree_util.tree_map_with_path(
         lambda p, v: v if v is not None and labels_lib.role_of(p) in roles else None,
-        views, is_leaf=labels_lib._is_view_leaf)
+        views, is_leaf=labels_lib.is_view_leaf)
 
   def empty_stats(params: Any) -> tuple[Any, Any, Any]:
     views = measured(params)
     def leaf(v, fill, dtype):
       return jnp.full(v.stacked_shape, fill, dtype) if v is not None else None
-    is_leaf = labels_lib._is_view_leaf
+    is_leaf = labels_lib.is_view_leaf
     return (jax.tree.map(lambda v: leaf(v, spectral.FALLBACK_ALPHA, jnp.float32), views,
                          is_leaf=is_leaf),
             jax.tree.map(lambda v: leaf(v, False, jnp.bool_), views, is_leaf=is_leaf),
@@ -141,15 +141,15 @@ def add_alpha_decayed_weights(
 
   def refresh(params: Any) -> tuple[Any, Any, Any]:
     views = measured(params)
-    # One batched eigendecomposition per distinct matrix size for the whole model.
-    pairs = [(v, w) for v, w in zip(jax.tree.leaves(views, is_leaf=labels_lib._is_view_leaf),
+    # Every measured matrix in one `esd_many` call: it sequences the LAPACK work.
+    pairs = [(v, w) for v, w in zip(jax.tree.leaves(views, is_leaf=labels_lib.is_view_leaf),
                                     jax.tree.leaves(params)) if v is not None]
     eigs = iter(spectral.esd_many([v.to_matrices(w) for v, w in pairs]))
     fits = jax.tree.map(lambda v: spectral.fit_tail(next(eigs), xmin) if v is not None
-                        else None, views, is_leaf=labels_lib._is_view_leaf)
+                        else None, views, is_leaf=labels_lib.is_view_leaf)
     is_fit = lambda x: x is None or isinstance(x, spectral.TailFit)
-    alpha = jax.tree.map(lambda f: f and f.alpha, fits, is_leaf=is_fit)
-    valid = jax.tree.map(lambda f: f and f.valid, fits, is_leaf=is_fit)
+    alpha = jax.tree.map(lambda f: None if f is None else f.alpha, fits, is_leaf=is_fit)
+    valid = jax.tree.map(lambda f: None if f is None else f.valid, fits, is_leaf=is_fit)
     tuned = jax.tree.map(lambda t, f: np.asarray(t, bool) if f is not None else None,
                          resolve_tuned(params), fits, is_leaf=is_fit)
     return alpha, valid, alpha_to_scale(alpha, valid, tuned, s_range)

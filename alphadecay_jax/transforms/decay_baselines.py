@@ -146,7 +146,7 @@ def adadecay(direction: optax.GradientTransformation,
     return jax.tree.map(
         lambda v, t: (jnp.ones(v.stacked_shape, jnp.float32)
                       if v is not None and t.any() else None),
-        views, tuned, is_leaf=labels_lib._is_view_leaf)
+        views, tuned, is_leaf=labels_lib.is_view_leaf)
 
   def init_fn(params: Any) -> AdaDecayState:
     return AdaDecayState(jnp.zeros((), jnp.int32), empty_theta(params),
