@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import time
 from typing import Any, NamedTuple
 
 import jax

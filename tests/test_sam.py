@@ -12,7 +12,7 @@ from alphadecay_jax import sharding as sharding_lib
 from alphadecay_jax import train as train_lib
 from alphadecay_jax import train_state as ts
 from alphadecay_jax.transforms import sam as sam_lib
-from conftest import load, read_metrics, run_python
+from conftest import read_metrics, run_python
 
 RNG = np.random.default_rng(0)
 X, Y = RNG.normal(size=(8, 5)), RNG.normal(size=(8, 3))
