@@ -426,14 +426,21 @@ def build_optimizer(opt: Any, total_steps: int) -> optax.GradientTransformation:
 def state_metrics(opt_state: Any) -> dict[str, Any]:
   """Metrics that transforms expose from their state, for logging.
 
-  Any state node with a `log_metrics()` method (e.g. a NamedTuple state of one of our
-  transforms) contributes its dict; found anywhere in the (chained, masked...) state.
+  Every state node with a `log_metrics()` method (e.g. a NamedTuple state of one of our
+  transforms) contributes its dict, found anywhere in the (chained, masked, wrapped...)
+  state, including inside another such node (AlphaDecay inside a SAM wrapper).
   """
   out: dict[str, Any] = {}
-  has = lambda x: callable(getattr(x, "log_metrics", None))
-  for node in jax.tree.leaves(opt_state, is_leaf=has):
-    if has(node):
+
+  def visit(node: Any) -> None:
+    if callable(getattr(node, "log_metrics", None)):
       out.update(node.log_metrics())
+    children = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)[0]
+    for child in children:
+      if child is not node:
+        visit(child)
+
+  visit(opt_state)
   return out
 
 

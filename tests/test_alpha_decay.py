@@ -248,3 +248,24 @@ print(json.dumps(results))
   assert out["one"]["devices"] == 1 and out["eight"]["devices"] == 8
   np.testing.assert_allclose(out["eight"]["alpha"], out["one"]["alpha"], rtol=1e-5)
   np.testing.assert_allclose(out["eight"]["q"], out["one"]["q"], rtol=1e-5, atol=1e-7)
+
+
+def test_composes_with_lightsam_and_a_lipschitz_projection_under_jit():
+  from alphadecay_jax.transforms import lipschitz, sam
+  params = _params()
+  loss = lambda p: sum(jnp.sum(jnp.square(x - 0.01)) for x in jax.tree.leaves(p))
+  tx = sam.sam_wrap(
+      lipschitz.constrain(ad.alphadecay_adamw(1e-2, weight_decay=0.1, mask=MASK),
+                          lipschitz.spectral_hard_cap(w_max=0.5)),
+      sam.adaptive_perturbation(rho=0.05, variant="adagrad_norm"))
+  step = jax.jit(lambda p, s: tx.update(jax.grad(loss)(p), s, p, grad_fn=jax.grad(loss)))
+  state = tx.init(params)
+  for _ in range(3):
+    updates, state = step(params, state)
+    params = optax.apply_updates(params, updates)
+  metrics = optimizers.state_metrics(state)  # nested states report too
+  assert metrics["alpha_decay/alpha/blocks.mlp_up"].shape == (CFG.n_layers,)
+  assert float(metrics["sam/radius"]) > 0
+  w = np.asarray(params["blocks"]["mlp_up"], np.float64)
+  rms_norm = np.sqrt(w.shape[-2] / w.shape[-1]) * np.linalg.svd(w, compute_uv=False)[:, 0]
+  assert np.all(rms_norm <= 0.5 * 1.011), rms_norm
