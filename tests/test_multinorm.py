@@ -11,6 +11,7 @@ from alphadecay_jax import labels
 from alphadecay_jax import model as model_lib
 from alphadecay_jax import optimizers
 from alphadecay_jax import train as train_lib
+from alphadecay_jax.transforms import alpha_decay
 from alphadecay_jax.transforms import multinorm as mn
 from conftest import load, read_metrics, run_python
 
@@ -157,31 +158,42 @@ def test_sinkgd_wiring_equals_normalised_step_and_adamw_for_the_rest():
                                rtol=1e-5, atol=1e-7, err_msg=str(path))
 
 
-def test_composes_with_per_module_decay_and_clipping():
-  """optax.chain with an AlphaDecay-style per-layer decoupled decay, and clipping."""
-  params = {"blocks": {"mlp_up": _rand((3, 6, 10), 1)}, "embed": _rand((10, 6), 2)}
+def _np_hill_alpha(w: np.ndarray) -> float:
+  """Median-xmin Hill exponent of W's squared singular values (NumPy float64)."""
+  lam = np.sort(np.linalg.svd(np.asarray(w, np.float64), compute_uv=False) ** 2)
+  i = len(lam) // 2
+  return 1.0 + (len(lam) - i) / float(np.sum(np.log(lam[i:] / lam[i])))
+
+
+def test_composes_with_alpha_decay_and_clipping():
+  """optax.chain(SinkGD, AlphaDecay's decoupled decay, lr) for the stacked hidden matrix,
+  AdamW for the embedding, all after global-norm clipping; checked against NumPy."""
+  rng = np.random.default_rng(4)
+  # Three layers from light- to heavy-tailed, so the decays spread over s_range.
+  up = np.stack([rng.standard_normal((24, 40)), rng.standard_t(3, (24, 40)),
+                 rng.standard_t(1.5, (24, 40))]).astype(np.float32)
+  params = {"blocks": {"mlp_up": up}, "embed": _rand((10, 6), 2)}
   grads = jax.tree.map(lambda x: _rand(x.shape, 3), params)
-  per_layer = jnp.asarray([1e-2, 2e-2, 3e-2])  # stands in for AlphaDecay's per-module wd
-
-  def layer_decay() -> optax.GradientTransformation:
-    def update(u, state, params):
-      return jax.tree.map(lambda g, w: g + per_layer[:, None, None] * w, u, params), state
-    return optax.GradientTransformation(optax.init_empty_state, update)
-
-  matrix = optax.chain(mn.scale_by_multi_normalization(), layer_decay(),
-                       optax.scale_by_learning_rate(0.1))
+  wd, s_range, lr = 0.05, (0.5, 2.0), 0.1
+  matrix = optax.chain(mn.scale_by_multi_normalization(),
+                       alpha_decay.add_alpha_decayed_weights(wd, s_range, refresh_every=1),
+                       optax.scale_by_learning_rate(lr))
   tx = optax.chain(optax.clip_by_global_norm(0.5), optax.multi_transform(
       {"m": matrix, "a": optax.adamw(0.01)}, lambda p: {"blocks": {"mlp_up": "m"},
                                                          "embed": "a"}))
   out = _update(tx, grads, params)
-  w = params["blocks"]["mlp_up"]
-  expected = -0.1 * (_np_sinkgd(grads["blocks"]["mlp_up"], 5)
-                     + np.asarray(per_layer)[:, None, None] * w)
-  np.testing.assert_allclose(out["blocks"]["mlp_up"], expected, rtol=1e-5, atol=1e-6)
-  clipped = np.asarray(grads["embed"]) * 0.5 / float(optax.tree.norm(grads))
+
+  alphas = np.asarray([_np_hill_alpha(w) for w in up])
+  scale = s_range[0] + (s_range[1] - s_range[0]) * (alphas - alphas.min()) / np.ptp(alphas)
+  assert np.ptp(scale) > 1.0  # the layers really do get different decays
+  clipped = {k: np.asarray(g) * 0.5 / float(optax.tree.norm(grads))
+             for k, g in (("up", grads["blocks"]["mlp_up"]), ("embed", grads["embed"]))}
+  # SinkGD is scale-invariant, so clipping leaves the matrix direction unchanged.
+  expected = -lr * (_np_sinkgd(clipped["up"], 5) + wd * scale[:, None, None] * up)
+  np.testing.assert_allclose(out["blocks"]["mlp_up"], expected, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(
-      out["embed"], -0.01 * (clipped / (np.abs(clipped) + 1e-8) + 1e-4 * params["embed"]),
-      rtol=1e-5, atol=1e-7)
+      out["embed"], -0.01 * (clipped["embed"] / (np.abs(clipped["embed"]) + 1e-8)
+                             + 1e-4 * params["embed"]), rtol=1e-5, atol=1e-7)
 
 
 def test_config_errors_name_the_key():

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from alphadecay_jax import labels
+from alphadecay_jax import spectral
 
 # A normaliser maps one float32 matrix [m, n] (and the norm floor eps) to a matrix of
 # the same shape; stacked matrices are handled by vmap, so it only sees 2-D input.
@@ -51,7 +52,7 @@ MaskOrFn = Any | Callable[[Any], Any]
 # Muon's quintic Newton-Schulz coefficients (Keller Jordan; optax.contrib.muon default):
 # 5 steps push every singular value into ~[0.7, 1.2] fast. (1.5, -0.5, 0.0) is the
 # classical cubic iteration, which converges to the exact polar factor but slowly.
-MUON_NS_COEFFS = (3.4445, -4.7750, 2.0315)
+MUON_NS_COEFFS = spectral.NS_COEFFS["keller"][0]
 CUBIC_NS_COEFFS = (1.5, -0.5, 0.0)
 
 
@@ -79,8 +80,8 @@ def newton_schulz_whitening(num_steps: int = 5,
   r"""Normaliser G -> sqrt(max(m, n)) * (G G^T)^{-1/2} G by a Newton-Schulz iteration.
 
   X_0 = G / ||G||_F (spectral norm <= 1), then `num_steps` times
-  X <- a X + (b A + c A^2) X with A = X X^T, run on the side whose Gram matrix is
-  smaller. With `CUBIC_NS_COEFFS` X tends to the polar factor U V^T; the default
+  X <- a X + (b A + c A^2) X with A = X X^T (`spectral.odd_polynomial_steps`, on the
+  side whose Gram matrix is smaller). With `CUBIC_NS_COEFFS` X tends to the polar factor U V^T; the default
   (Muon's) coefficients reach singular values in ~[0.7, 1.2] in 5 steps. The factor
   sqrt(max(m, n)) gives a full-rank result RMS 1, the scale of SinkGD's updates, so
   one learning rate serves both.
@@ -89,15 +90,11 @@ def newton_schulz_whitening(num_steps: int = 5,
     raise ValueError(f"num_steps={num_steps} must be >= 1")
   a, b, c = (float(x) for x in coeffs)
 
+  steps = ((a, b, c),) * num_steps
+
   def whiten(g: jax.Array, eps: float) -> jax.Array:
-    transpose = g.shape[0] > g.shape[1]  # keep the Gram matrix min(m, n) square
-    x = g.T if transpose else g
-    x = x / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(x))), eps)
-    for _ in range(num_steps):
-      gram = x @ x.T
-      x = a * x + (b * gram + c * (gram @ gram)) @ x
-    x = x.T if transpose else x
-    return x * math.sqrt(max(g.shape))
+    x = g / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(g))), eps)
+    return spectral.odd_polynomial_steps(x, steps) * math.sqrt(max(g.shape))
 
   return whiten
 
