@@ -8,7 +8,8 @@ Prints ONE JSON line.
    `lax.cond`); and `alphadecay_adamw` refreshing every step. Amortised ratio per round:
    ((k - 1) t_plain + t_refresh) / k / t_adamw with k = refresh_every; target <= 1.03.
 2. One refresh of all 56 attention/MLP matrices of the LLaMA-60M shape (8 layers,
-   d 512, ffn 1376), jitted (one batched Gram eigvalsh + Hill alpha), against the
+   d 512, ffn 1376), jitted (`spectral.esd_many`: Gram matrices, their eigenvalues by
+   tridiagonalisation + bisection on CPU, then the Hill alpha), against the
    reference's method: a per-module loop of float32 `np.linalg.svd(compute_uv=False)`
    plus the same alpha in NumPy; target: >= 3x faster.
 """
