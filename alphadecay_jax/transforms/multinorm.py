@@ -81,16 +81,14 @@ def newton_schulz_whitening(num_steps: int = 5,
 
   X_0 = G / ||G||_F (spectral norm <= 1), then `num_steps` times
   X <- a X + (b A + c A^2) X with A = X X^T (`spectral.odd_polynomial_steps`, on the
-  side whose Gram matrix is smaller). With `CUBIC_NS_COEFFS` X tends to the polar factor U V^T; the default
-  (Muon's) coefficients reach singular values in ~[0.7, 1.2] in 5 steps. The factor
-  sqrt(max(m, n)) gives a full-rank result RMS 1, the scale of SinkGD's updates, so
-  one learning rate serves both.
+  side whose Gram matrix is smaller). With `CUBIC_NS_COEFFS` X tends to the polar
+  factor U V^T; the default (Muon's) coefficients reach singular values in ~[0.7, 1.2]
+  in 5 steps. The factor sqrt(max(m, n)) gives a full-rank result RMS 1, the scale of
+  SinkGD's updates, so one learning rate serves both.
   """
   if num_steps < 1:
     raise ValueError(f"num_steps={num_steps} must be >= 1")
-  a, b, c = (float(x) for x in coeffs)
-
-  steps = ((a, b, c),) * num_steps
+  steps = (tuple(float(x) for x in coeffs),) * num_steps
 
   def whiten(g: jax.Array, eps: float) -> jax.Array:
     x = g / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(g))), eps)
