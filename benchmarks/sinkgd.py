@@ -169,8 +169,22 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
                      "sinkgd_final_eval_loss": sink[max(sink)],
                      "sinkgd_steps_to_adamw_final": reached[0] if reached else None,
                      "adamw_steps": max(adamw)})
+  def mean_std(key: str) -> list[float] | None:
+    values = [r[key] for r in per_seed if r[key] is not None]
+    if not values:
+      return None
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+    return [round(mean, 4), round(std, 4)]
+
   return {"config": "configs/default.py", "eval_every": args.eval_every,
-          "matrix_lr_scale": args.matrix_lr_scale, "seeds": per_seed,
+          "matrix_lr_scale": args.matrix_lr_scale,
+          "mean_std": {"adamw_final_eval_loss": mean_std("adamw_final_eval_loss"),
+                       "sinkgd_final_eval_loss": mean_std("sinkgd_final_eval_loss"),
+                       "sinkgd_steps_to_adamw_final": mean_std("sinkgd_steps_to_adamw_final")},
+          "seeds_reaching_adamw_final": sum(r["sinkgd_steps_to_adamw_final"] is not None
+                                            for r in per_seed),
+          "seeds": per_seed,
           "curves": {opt: {str(s): c for s, c in r.items()} for opt, r in runs.items()}}
 
 
