@@ -12,7 +12,9 @@ batches already on the device:
   sam_adamw          name=sam (normalised SAM perturbation around that AdamW)
 The variants run interleaved, one step each per round, so load from other processes
 hits them alike; a ratio is the median over rounds of the per-round ratio. Two
-forward-backward passes make 2.0 the floor; the target is lightsam / base <= 2.1.
+forward-backward passes put the ratio near 2.0, a little under it because the rest of
+the step (the update, the non-finite guard, metrics) runs once in both; the target is
+lightsam / base <= 2.1.
 """
 
 from __future__ import annotations
