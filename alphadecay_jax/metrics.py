@@ -28,6 +28,8 @@ def flops_per_token(cfg: model_lib.ModelConfig, seq_len: int) -> float:
 
 
 def _norm_params(cfg: model_lib.ModelConfig) -> int:
+  if cfg.lipschitz:  # the Lipschitz variant has no norm layers
+    return 0
   return (2 * cfg.n_layers + 1) * cfg.d_model
 
 

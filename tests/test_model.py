@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from alphadecay_jax import labels
+from alphadecay_jax import metrics
 from alphadecay_jax import model as model_lib
 from alphadecay_jax import presets
 
@@ -125,3 +127,15 @@ def test_model_config_errors_name_the_key(key, value, match):
   cfg = model_lib.ModelConfig(**{**TINY.__dict__, key: value})
   with pytest.raises(ValueError, match=match):
     model_lib.validate_model_config(cfg)
+
+
+@pytest.mark.parametrize("lipschitz", [False, True])
+def test_flops_per_token_counts_every_matrix_parameter_once(lipschitz):
+  """6 x (params of the real model's matrices, embedding excluded) + attention."""
+  cfg = model_lib.ModelConfig(**{**TINY.__dict__, "lipschitz": lipschitz})
+  params = nnx.state(model_lib.Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  matrices = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(params)
+                 if labels.role_of(path) not in ("embed", "norm"))
+  seq_len = 16
+  attention = 6 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim
+  assert metrics.flops_per_token(cfg, seq_len) == 6.0 * matrices + attention
