@@ -7,6 +7,7 @@ import ml_collections
 
 
 def default_optimizer_config() -> ml_collections.ConfigDict:
+  """Every key of `config.optimizer`, with its default."""
   return ml_collections.ConfigDict(dict(
       name="adamw",
       learning_rate=1e-3,

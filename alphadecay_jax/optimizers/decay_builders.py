@@ -33,6 +33,7 @@ def validate_decay_blocks(opt: Any) -> None:
 
 
 def adamw(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """u = -lr_t * (adam(g) + wd * w): decoupled decay (arXiv 1711.05101)."""
   return optax.chain(
       optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
       optax.add_decayed_weights(opt.weight_decay, mask=decay_mask(opt.decay_embeddings)),
@@ -40,6 +41,7 @@ def adamw(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
 
 
 def adam_l2(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """u = -lr_t * adam(g + wd * w): coupled L2, the AlphaDecay paper's main setting."""
   return optax.chain(
       optax.add_decayed_weights(opt.weight_decay, mask=decay_mask(opt.decay_embeddings)),
       optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
@@ -63,6 +65,7 @@ def alpha_decay_adam(coupled: bool) -> Builder:
 
 
 def awd(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """Adam with AWD's gradient-norm-balanced decay (arXiv 2210.00094)."""
   return optax.chain(
       decay_baselines.awd(optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
                           opt.weight_decay, coupled=opt.awd.coupled,
@@ -71,6 +74,7 @@ def awd(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
 
 
 def adadecay(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """Adam with AdaDecay's gradient-norm-scaled decay (arXiv 1907.08931)."""
   block = opt.adadecay
   return optax.chain(
       decay_baselines.adadecay(

@@ -114,5 +114,6 @@ def lipschitz_projection(opt: Any, schedule: optax.Schedule) -> Any:
 
 def constrained(opt: Any, tx: optax.GradientTransformation,
                  total_steps: int) -> optax.GradientTransformation:
+  """`tx` followed by the configured projection: u <- P(w + u) - w (arXiv 2507.13338)."""
   projection = lipschitz_projection(opt, make_schedule(opt, total_steps))
   return tx if projection is None else lipschitz_lib.constrain(tx, projection)

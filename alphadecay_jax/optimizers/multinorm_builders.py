@@ -9,7 +9,6 @@ import optax
 from alphadecay_jax.optimizers.common import Builder, decay_mask
 from alphadecay_jax.transforms import multinorm
 
-
 MULTINORM_NAMES = ("sinkgd", "swan")
 
 

@@ -37,6 +37,7 @@ def validate_sam(opt: Any, names: tuple[str, ...]) -> None:
 
 def perturbation(kind: str, rho: float, variant: str, opt: Any
                  ) -> optax.GradientTransformation:
+  """The ascent step of `kind`: LightSAM's adaptive radius, SAM's or ASAM's."""
   if kind == "lightsam":
     return sam_lib.adaptive_perturbation(rho, variant, b2=opt.b2, eps=opt.eps)
   if kind == "sam":
@@ -46,6 +47,7 @@ def perturbation(kind: str, rho: float, variant: str, opt: Any
 
 # The SAM builders clip inside (the descent gradient); build_optimizer adds no clipping.
 def lightsam(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """LightSAM: adaptive perturbation and adaptive descent (arXiv 2505.24399)."""
   descent = sam_lib.adaptive_descent(schedule, opt.sam.variant, opt.b1, opt.b2, opt.eps)
   return sam_lib.sam_wrap(clipped(opt, descent),
                           perturbation("lightsam", opt.sam.rho, opt.sam.variant, opt))
