@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alphadecay_jax import sharding as sharding_lib
+from alphadecay_jax import spectral
 
 Array = jax.Array
 
@@ -122,10 +123,12 @@ def _orthogonal_param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | 
     return nnx.Param(jnp.zeros(shape, jnp.float32), logical_axes=axes)
   m, n = shape[-2:]
   x = jax.random.normal(rngs.params(), shape, jnp.float32)
+  # One QR at a time: concurrent batched LAPACK calls deadlock XLA:CPU's pool.
+  qr = lambda a: jnp.linalg.qr(a)[0]
   if m >= n:
-    q = jnp.linalg.qr(x)[0]
+    q = spectral.map_matrices(qr, x)
   else:
-    q = jnp.swapaxes(jnp.linalg.qr(jnp.swapaxes(x, -1, -2))[0], -1, -2)
+    q = jnp.swapaxes(spectral.map_matrices(qr, jnp.swapaxes(x, -1, -2)), -1, -2)
   return nnx.Param(q * (n / m) ** 0.5, logical_axes=axes)
 
 
@@ -310,7 +313,6 @@ def rms_operator_norms(ws: list[Array]) -> list[Array]:
   Gram eigenvalues (the top one is accurate) through `spectral.esd_many`, which batches
   and sequences the eigendecompositions: concurrent LAPACK calls deadlock XLA:CPU.
   """
-  from alphadecay_jax import spectral  # model code needs spectral only for the bound
   eigs = spectral.esd_many(ws, "gram")
   return [(w.shape[-2] / w.shape[-1]) ** 0.5 * jnp.sqrt(e[..., -1])
           for w, e in zip(ws, eigs)]

@@ -74,6 +74,12 @@ def _in_sequence(inputs: Sequence[Array], fn: Callable[[Array], Any]) -> list[An
   return outs
 
 
+def map_matrices(fn: Callable[[Array], Any], x: Array) -> Any:
+  """`fn` on each matrix of a stack [..., m, n], one LAPACK call at a time (see
+  `_in_sequence`): the way to call jnp.linalg on stacked parameters on CPU."""
+  return _in_sequence([x], fn)[0]
+
+
 def _tridiagonal_eigvals(grams: Sequence[Array]) -> list[Array]:
   """Ascending eigenvalues of symmetric [k, n, n] stacks: LAPACK Householder
   tridiagonalisation (sytrd, one matrix per call, see `_in_sequence`), then Sturm
