@@ -427,6 +427,6 @@ def hard_cap(w: Array, w_max: Array) -> Array:
 
 def exact_cap(w: Array, w_max: Array) -> Array:
   """U min(S, w_max) V^T by SVD (exact; the oracle for the polynomial caps)."""
-  u, s, vt = jnp.linalg.svd(_f32(w), full_matrices=False)
+  u, s, vt = map_matrices(lambda m: jnp.linalg.svd(m, full_matrices=False), _f32(w))
   s = jnp.minimum(s, jnp.asarray(w_max, jnp.float32)[..., None])
   return (u * s[..., None, :]) @ vt
