@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -169,13 +170,13 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
                      "sinkgd_final_eval_loss": sink[max(sink)],
                      "sinkgd_steps_to_adamw_final": reached[0] if reached else None,
                      "adamw_steps": max(adamw)})
-  def mean_std(key: str) -> list[float] | None:
+
+  def mean_std(key: str) -> list[float] | None:  # sample std; 0 for one value
     values = [r[key] for r in per_seed if r[key] is not None]
     if not values:
       return None
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
-    return [round(mean, 4), round(std, 4)]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return [round(statistics.mean(values), 4), round(std, 4)]
 
   return {"config": "configs/default.py", "eval_every": args.eval_every,
           "matrix_lr_scale": args.matrix_lr_scale,
